@@ -1,0 +1,5 @@
+"""Built-in member source kinds; importing this package registers them all."""
+
+from robustvote.zoo.sources import onnx_source, robustbench_source, state_dict_source, torchscript_source
+
+__all__ = ["onnx_source", "robustbench_source", "state_dict_source", "torchscript_source"]
