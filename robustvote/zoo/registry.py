@@ -30,6 +30,7 @@ class SourceKind:
     loader: Loader
     required: tuple[str, ...]
     optional: tuple[str, ...]
+    path_fields: tuple[str, ...]
     description: str
 
 
@@ -37,15 +38,23 @@ _SOURCES: dict[str, SourceKind] = {}
 
 
 def register_source(
-    name: str, *, required: tuple[str, ...] = (), optional: tuple[str, ...] = ()
+    name: str,
+    *,
+    required: tuple[str, ...] = (),
+    optional: tuple[str, ...] = (),
+    path_fields: tuple[str, ...] = (),
 ) -> Callable[[Loader], Loader]:
-    """Register ``loader`` as the source kind ``name`` (decorator)."""
+    """Register ``loader`` as the source kind ``name`` (decorator).
+
+    ``path_fields`` names extra fields that hold paths: like ``path``, they expand variables
+    and resolve against the pool file's folder.
+    """
 
     def decorate(loader: Loader) -> Loader:
         if name in _SOURCES:
             raise ValueError(f"source kind {name!r} is registered twice")
         doc = (loader.__doc__ or "").strip().splitlines()
-        _SOURCES[name] = SourceKind(name, loader, required, optional, doc[0] if doc else "")
+        _SOURCES[name] = SourceKind(name, loader, required, optional, path_fields, doc[0] if doc else "")
         return loader
 
     return decorate

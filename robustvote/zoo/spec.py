@@ -155,10 +155,11 @@ def parse_member(raw: Any, index: int, base_dir: Path, origin: str) -> MemberSpe
             f"{', '.join(sorted(allowed))}"
         )
 
-    path = None
-    if raw.get("path") is not None:
-        expanded = Path(expand_variables(str(raw["path"]), where)).expanduser()
-        path = expanded if expanded.is_absolute() else (base_dir / expanded)
+    def resolve(value: Any) -> Path:
+        expanded = Path(expand_variables(str(value), where)).expanduser()
+        return expanded if expanded.is_absolute() else base_dir / expanded
+
+    path = resolve(raw["path"]) if raw.get("path") is not None else None
     sha256 = raw.get("sha256")
     if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", str(sha256)):
         raise ConfigError(f"{where}: sha256 must be 64 hexadecimal digits, got {sha256!r}")
@@ -166,6 +167,9 @@ def parse_member(raw: Any, index: int, base_dir: Path, origin: str) -> MemberSpe
     if raw.get("normalize") is not None:
         normalize = _parse_normalization(raw["normalize"], where)
     options = {k: v for k, v in raw.items() if k not in _COMMON_FIELDS}
+    for key in kind.path_fields:
+        if options.get(key) is not None:
+            options[key] = resolve(options[key])
     return MemberSpec(
         name=name,
         source=kind.name,

@@ -36,7 +36,7 @@ def expected_checkpoint(model_dir: Path, dataset: str, threat_model: str, model_
 
 
 @register_source(
-    "robustbench", optional=("model_dir", "dataset", "threat_model", "id")
+    "robustbench", optional=("model_dir", "dataset", "threat_model", "id"), path_fields=("model_dir",)
 )
 def load_robustbench(spec: MemberSpec) -> nn.Module:
     """A RobustBench model zoo entry (``id``, or ``name`` when ``id`` is absent)."""
