@@ -12,6 +12,22 @@ from typing import Any
 import pandas as pd
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def replace_atomic(temporary: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Give a finished temporary file the usual permissions and rename it onto ``target``.
+
+    ``tempfile.mkstemp`` creates files readable by the owner only; results are meant to be shared,
+    so the file gets ``0o666`` minus the umask, as ``open`` would give it.
+    """
+    os.chmod(temporary, 0o666 & ~_current_umask())
+    os.replace(temporary, target)
+
+
 def write_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
     target = Path(path)
@@ -20,7 +36,7 @@ def write_atomic(path: str | os.PathLike[str], text: str) -> None:
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
-        os.replace(temporary, target)
+        replace_atomic(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise

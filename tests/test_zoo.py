@@ -213,3 +213,12 @@ def test_malformed_pool_rejected(tmp_path: Path, members: list, top: dict, messa
     pool = write_pool(tmp_path, members, **top)
     with pytest.raises(ConfigError, match=message):
         load_pool_file(pool)
+
+
+def test_relative_variable_resolves_against_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pool_folder = tmp_path / "pools"
+    pool_folder.mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MY_ZOO", "models")
+    pool = write_pool(pool_folder, [{"name": "a", "source": "onnx", "path": "${MY_ZOO}/a.onnx"}])
+    assert load_pool_file(pool).members[0].path == tmp_path / "models" / "a.onnx"

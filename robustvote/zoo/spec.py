@@ -95,13 +95,17 @@ class PoolSpec:
 
 
 def expand_variables(text: str, where: str) -> str:
-    """Expand ``${VAR}`` and ``${VAR:-default}`` in ``text``; an unset ``${VAR}`` is an error."""
+    """Expand ``${VAR}`` and ``${VAR:-default}`` in a path; an unset ``${VAR}`` is an error.
+
+    A relative path in an environment variable was written in the shell, so it is made absolute
+    against the working directory; a relative default stays relative to the pool file.
+    """
 
     def substitute(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
         value = os.environ.get(name)
         if value:
-            return value
+            return os.path.abspath(os.path.expanduser(value)) if match.start() == 0 else value
         if default is not None:
             return default
         raise ConfigError(
