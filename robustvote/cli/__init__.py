@@ -6,9 +6,11 @@ from robustvote.cli.main import main
 from robustvote.cli import eval_command
 from robustvote.cli import train_command
 from robustvote.cli import extract_command
+from robustvote.cli import attack_command
 
 main.add_command(eval_command.eval_command)
 main.add_command(train_command.train_group)
 main.add_command(extract_command.extract_command)
+main.add_command(attack_command.attack_command)
 
 __all__ = ["main"]
