@@ -7,10 +7,14 @@ from robustvote.cli import eval_command
 from robustvote.cli import train_command
 from robustvote.cli import extract_command
 from robustvote.cli import attack_command
+from robustvote.cli import select_command
+from robustvote.cli import leaderboard_command
 
 main.add_command(eval_command.eval_command)
 main.add_command(train_command.train_group)
 main.add_command(extract_command.extract_command)
 main.add_command(attack_command.attack_command)
+main.add_command(select_command.select_command)
+main.add_command(leaderboard_command.leaderboard_command)
 
 __all__ = ["main"]
