@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -40,7 +39,7 @@ from torch import nn
 from tqdm import tqdm
 
 from robustvote.errors import ConfigError, ModelLoadError
-from robustvote.io import write_json_atomic
+from robustvote.io import atomic_output, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -225,15 +224,8 @@ def _check_data(images: torch.Tensor, labels: torch.Tensor) -> None:
 
 
 def _save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_output(path) as temporary:
         save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, temporary, metadata=metadata)
-        os.chmod(temporary, 0o644)  # mkstemp creates files readable by the owner only
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def save_model_weights(model: nn.Module, path: str | os.PathLike[str], metadata: dict[str, str] | None = None) -> None:

@@ -9,6 +9,7 @@ import click
 
 from robustvote.errors import ConfigError
 from robustvote.evaluation import resolve_device
+from robustvote.threat import parse_eps
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -81,3 +82,20 @@ def parse_member_list(text: str | None) -> list[str] | None:
     if not names:
         raise ConfigError(f"--members {text!r} names no member; give comma-separated names")
     return names
+
+
+def _parse_eps_option(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    return parse_eps(value)
+
+
+def adversarial_training_options(function: F) -> F:
+    """Add ``--adv`` and ``--eps`` for commands that train, with the modes of robustvote.training."""
+    from robustvote.training import AdvMode
+
+    return _compose(
+        click.option("--adv", default="none", show_default=True, type=click.Choice([m.value for m in AdvMode]),
+                     help="Adversarial training: fgsm-rs (FGSM from a random start, Wong et al. 2020) "
+                          "or pgd (Madry et al. 2018)."),
+        click.option("--eps", default="2/255", show_default=True, callback=_parse_eps_option,
+                     help="Linf radius of adversarial training in [0, 1] pixel scale, e.g. 2/255."),
+    )(function)

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import torch
 
-from robustvote.cli.options import device_options
+from robustvote.cli.options import adversarial_training_options, device_options
 from robustvote.data import load_cifar10
 from robustvote.errors import ConfigError
 from robustvote.evaluation import evaluate_clean, resolve_device
@@ -19,16 +19,12 @@ from robustvote.matformer.train import split_training_set
 from robustvote.pruning.groups import GroupLasso, UnitGroup
 from robustvote.pruning.member import check_prunable, prune_member, trainable, write_pruned_member
 from robustvote.pruning.prune import PruneRule, count_parameters
-from robustvote.threat import Norm, ThreatModel, format_eps, parse_eps
+from robustvote.threat import Norm, ThreatModel, format_eps
 from robustvote.training import AdvMode, TrainConfig
 from robustvote.zoo import MemberSpec, load_member, load_pool_file
 from robustvote.zoo.spec import NUM_CLASSES, parse_member
 
 logger = logging.getLogger(__name__)
-
-
-def _parse_eps_option(ctx: click.Context, param: click.Parameter, value: str) -> float:
-    return parse_eps(value)
 
 
 def _resolve_member(pool_path: str | None, member: str | None, checkpoint: str | None, architecture: str | None,
@@ -91,10 +87,7 @@ def _clean_accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.
 @click.option("--finetune-epochs", default=1, show_default=True, type=int, help="Epochs without the penalty after pruning (0 skips).")
 @click.option("--lr", default=1e-3, show_default=True, type=float, help="Peak AdamW learning rate of both phases.")
 @click.option("--weight-decay", default=0.0, show_default=True, type=float, help="AdamW weight decay of both phases.")
-@click.option("--adv", default="none", show_default=True, type=click.Choice([m.value for m in AdvMode]),
-              help="Adversarial training in both phases: fgsm-rs (Wong et al. 2020) or pgd (Madry et al. 2018).")
-@click.option("--eps", default="2/255", show_default=True, callback=_parse_eps_option,
-              help="Linf radius of adversarial training in [0, 1] pixel scale.")
+@adversarial_training_options
 @click.option("--n-train", default=10000, show_default=True, type=int, help="Shuffled CIFAR-10 training images used.")
 @click.option("--train-batch-size", default=128, show_default=True, type=int, help="Images per optimizer step.")
 @click.option("--n", "n_test", default=1000, show_default=True, type=int, help="Test images (from index 0) for clean accuracy.")

@@ -7,12 +7,9 @@ import torch
 
 from robustvote.matformer.model import MatViTConfig
 from robustvote.matformer.train import DEFAULT_HOLDOUT, split_training_set, train_matvit
-from robustvote.threat import format_eps, parse_eps
+from robustvote.cli.options import adversarial_training_options
+from robustvote.threat import format_eps
 from robustvote.training import AdvMode, EpochRecord, TrainConfig
-
-
-def _parse_eps_option(ctx: click.Context, param: click.Parameter, value: str) -> float:
-    return parse_eps(value)
 
 
 def _echo_epoch(record: EpochRecord, model: torch.nn.Module) -> None:
@@ -35,10 +32,7 @@ def train_group() -> None:
 @click.option("--epochs", required=True, type=int, help="Number of epochs.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=str),
               help="Output folder: model.safetensors and model.json (the checkpoint), optimizer.safetensors, training.json.")
-@click.option("--adv", default="none", show_default=True, type=click.Choice([m.value for m in AdvMode]),
-              help="Adversarial training: fgsm-rs (FGSM from a random start, Wong et al. 2020) or pgd (Madry et al. 2018).")
-@click.option("--eps", default="2/255", show_default=True, callback=_parse_eps_option,
-              help="Linf radius of adversarial training in [0, 1] pixel scale, e.g. 2/255.")
+@adversarial_training_options
 @click.option("--steps", default=10, show_default=True, type=int, help="PGD steps per batch (with --adv pgd).")
 @click.option("--dim", default=128, show_default=True, type=int, help="Token width.")
 @click.option("--depth", default=6, show_default=True, type=int, help="Number of transformer blocks.")

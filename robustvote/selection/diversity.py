@@ -22,11 +22,10 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from robustvote.io import write_csv_atomic
+from robustvote.io import atomic_output, write_csv_atomic
 
 
 @dataclass(frozen=True, eq=False)
@@ -135,8 +134,5 @@ def write_heatmap(diversity: Diversity, path: str | os.PathLike[str], *, title: 
         figure.colorbar(image, ax=axes, shrink=0.8)
     legend = "tick labels: member (robust accuracy)"
     figure.suptitle(f"{title}\n{legend}" if title else legend, fontsize=10)
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.tmp.png")
-    figure.savefig(temporary, dpi=120)
-    os.replace(temporary, target)
+    with atomic_output(path) as temporary:
+        figure.savefig(temporary, dpi=120)
