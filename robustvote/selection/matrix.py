@@ -160,6 +160,8 @@ def member_key(spec: MemberSpec) -> str:
     The file is hashed even when the spec gives no ``sha256``, so a replaced weight file changes
     the key. A member without a file (a RobustBench model) is keyed by its spec alone.
     """
+    # TODO: the resolved path is part of the key, so moving unchanged weight files (or pointing
+    # ROBUSTVOTE_ZOO elsewhere) recomputes their rows although file_sha256 already identifies them.
     file_sha256 = sha256_of(spec.path) if spec.path is not None and spec.path.is_file() else None
     normalize = dataclasses.asdict(spec.normalize) if spec.normalize is not None else None
     fields = {
