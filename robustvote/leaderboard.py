@@ -34,7 +34,9 @@ TAIL_COLUMNS = [
     "robust_accuracy", "robust_ci95_low", "robust_ci95_high", "suite", "seed", "data_indices", "commit",
     "runtime_s", "flags", "run_dir",
 ]
-KEY_COLUMNS = ["model", "members", "dataset", "threat_model", "eps"]
+# A row is one evaluation: the same model under another suite, slice or seed gets a row of its own,
+# so a weaker evaluation never replaces a stronger one.
+KEY_COLUMNS = ["model", "members", "dataset", "threat_model", "eps", "suite", "data_indices", "seed"]
 ATTACK_PREFIX = "robust_"
 REQUIRED_SUMMARY_KEYS = (
     "model", "members", "n_members", "dataset", "threat_model", "eps", "n", "seed", "data_indices",
@@ -174,7 +176,10 @@ def collect_rows(run_dirs: Iterable[str | os.PathLike[str]]) -> tuple[list[dict[
 
 def _row_key(row: Mapping[str, Any]) -> tuple[str, ...]:
     eps = format_eps(float(row["eps"]))
-    return (str(row["model"]), str(row["members"]), str(row["dataset"]), str(row["threat_model"]), eps)
+    return (
+        str(row["model"]), str(row["members"]), str(row["dataset"]), str(row["threat_model"]), eps,
+        str(row["suite"]), str(row["data_indices"]), str(row["seed"]),
+    )
 
 
 def read_leaderboard(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -202,7 +207,8 @@ def merge_rows(existing: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str,
     for row in new:
         key = _row_key(row)
         if key in merged:
-            logger.info("replacing the row of %s (%s eps=%s)", key[0], key[3], key[4])
+            logger.warning("replacing the row of %s (%s eps=%s, suite %s, %s, seed %s) with the newer run",
+                           key[0], key[3], key[4], key[5], key[6], key[7])
         merged[key] = dict(row)
     return sorted(
         merged.values(),

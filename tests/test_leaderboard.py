@@ -124,6 +124,17 @@ def test_rerun_updates_row_without_duplicates(runs: dict[str, Path], tmp_path: P
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
+def test_other_slice_keeps_its_own_row(runs: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "leaderboard.csv"
+    update_leaderboard([runs["a"]], out)
+    smaller = write_run(tmp_path / "run-a-small", "a", ["a"], suite_result(
+        [True] * 4, {"apgd-ce": [True] * 4, "apgd-t": [True] * 4}))
+    update_leaderboard([smaller], out)
+    frame = read_csv(out)
+    assert len(frame) == 2
+    assert sorted(frame["data_indices"]) == ["test[0:10]", "test[0:4]"]
+
+
 def test_each_member_folder_gives_one_row_per_member(tmp_path: Path) -> None:
     folder = tmp_path / "each"
     for name in ("x", "y"):

@@ -231,6 +231,7 @@ def run_suite(
     target = target.to(device).eval()
     names = suite.names
     attacks = suite.build()
+    suite.require_norm(threat.norm)
     store = OutcomeStore(Path(run_dir), names, batch_size) if run_dir is not None else None
     if store is not None and not resume and store.finished_starts():
         raise ConfigError(

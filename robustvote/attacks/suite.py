@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from robustvote.attacks.base import Attack, build_attack
+from robustvote.threat import Norm
 from robustvote.errors import ConfigError
 
 _ENTRY_KEYS = ("attack", "name")
@@ -58,6 +59,18 @@ class Suite:
 
     def build(self) -> list[Attack]:
         return [entry.build() for entry in self.entries]
+
+    def require_norm(self, norm: Norm) -> None:
+        """Raise a ConfigError unless some attack of the suite supports ``norm``.
+
+        Attacks that do not support the norm are skipped with a flag; with all of them skipped,
+        the reported robust accuracy would be the clean accuracy.
+        """
+        if not any(norm in attack.norms for attack in self.build()):
+            raise ConfigError(
+                f"no attack of suite {self.name!r} ({', '.join(self.names)}) supports the {norm.value} norm; "
+                "add one that does (pgd, apgd-ce, vote-pgd, ...) or change --norm"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -91,11 +91,17 @@ def attack_command(pool_path: str, members: str | None, method: str | None, suit
     if names:
         pool = pool.subset(names)
     norm_value = Norm.parse(norm) if norm else pool.threat_model.norm
+    if norm_value is not pool.threat_model.norm and not eps:
+        raise ConfigError(
+            f"--norm {norm_value.value} differs from the pool's {pool.threat_model.norm.value} norm, whose eps "
+            f"does not carry over; give --eps for the {norm_value.value} ball, e.g. --eps 0.5"
+        )
     eps_values = sorted({parse_eps(v) for v in eps.split(",") if v.strip()}) if eps else [pool.threat_model.eps]
     if not eps_values:
         raise ConfigError(f"--eps {eps!r} names no radius; give a value such as 2/255")
     threats = [ThreatModel(norm_value, value) for value in eps_values]
     suite = choose_suite(method, suite_path, single_model=each_member or len(pool.members) == 1)
+    suite.require_norm(norm_value)
     data = load_cifar10(split, start, n, data_dir)
     loaded = load_members(pool)
     torch_device = resolve_device(device)

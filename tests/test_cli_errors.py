@@ -1,0 +1,54 @@
+"""One-line errors for option checks, unwritable outputs and threat models no attack supports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from robustvote.cli import main
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.exit_code == 2, result.output
+    # tqdm redraws its progress bar with carriage returns; those redraws are not error lines.
+    lines = [line for line in result.stderr.strip().splitlines() if "it/s]" not in line and line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_option_check_is_one_line(shared_pool: Path) -> None:
+    result = CliRunner().invoke(main, ["eval", "--pool", str(shared_pool), "--batch-size", "0"])
+    assert_one_line_error(result, "--batch-size", "positive batch size", "--help")
+
+
+def test_unknown_command_is_one_line() -> None:
+    result = CliRunner().invoke(main, ["evaluate"])
+    assert_one_line_error(result, "No such command 'evaluate'")
+
+
+def test_unwritable_csv_is_one_line(shared_pool: Path, cifar_dir: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = CliRunner().invoke(main, ["eval", "--pool", str(shared_pool), "--data-dir", str(cifar_dir),
+                                       "--members", "sdp_a_mix", "--n", "10", "--csv", str(blocker / "eval.csv")])
+    assert_one_line_error(result, str(blocker), "check the path")
+    assert "sdp_a_mix" in result.stdout
+
+
+def test_other_norm_needs_eps(shared_pool: Path, cifar_dir: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["attack", "--pool", str(shared_pool), "--members", "sdp_a_mix",
+                                       "--method", "apgd-ce", "--norm", "l2", "--n", "4",
+                                       "--data-dir", str(cifar_dir), "--out", str(tmp_path / "run")])
+    assert_one_line_error(result, "--norm L2", "give --eps")
+    assert not (tmp_path / "run").exists()
+
+
+def test_suite_without_norm_support(shared_pool: Path, cifar_dir: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["attack", "--pool", str(shared_pool), "--members", "sdp_a_mix",
+                                       "--method", "rays", "--norm", "l2", "--eps", "0.5", "--n", "4",
+                                       "--data-dir", str(cifar_dir), "--out", str(tmp_path / "run")])
+    assert_one_line_error(result, "supports the L2 norm")
+    assert not (tmp_path / "run").exists()
