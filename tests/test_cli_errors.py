@@ -52,3 +52,9 @@ def test_suite_without_norm_support(shared_pool: Path, cifar_dir: Path, tmp_path
                                        "--data-dir", str(cifar_dir), "--out", str(tmp_path / "run")])
     assert_one_line_error(result, "supports the L2 norm")
     assert not (tmp_path / "run").exists()
+
+
+def test_empty_list_item_rejected(shared_pool: Path) -> None:
+    for option, value in (("--eps", "2/255,,4/255"), ("--method", "apgd-ce,")):
+        result = CliRunner().invoke(main, ["attack", "--pool", str(shared_pool), option, value, "--n", "4"])
+        assert_one_line_error(result, option, "empty item")

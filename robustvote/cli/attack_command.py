@@ -11,7 +11,14 @@ import click
 from robustvote.attacks import load_suite, suite_from_names
 from robustvote.attacks.audit import eps_sweep_flags
 from robustvote.attacks.suite import Suite, shipped_suite_path
-from robustvote.cli.options import data_options, device_options, members_option, parse_member_list, pool_option
+from robustvote.cli.options import (
+    data_options,
+    device_options,
+    members_option,
+    parse_member_list,
+    pool_option,
+    split_list,
+)
 from robustvote.data import load_cifar10
 from robustvote.ensemble import VotingEnsemble
 from robustvote.errors import ConfigError
@@ -32,7 +39,7 @@ def choose_suite(method: str | None, suite_path: str | None, single_model: bool)
     if method and suite_path:
         raise ConfigError("--method and --suite are mutually exclusive; give one of them")
     if method:
-        return suite_from_names([name.strip() for name in method.split(",") if name.strip()])
+        return suite_from_names(split_list(method, "--method"))
     if suite_path:
         return load_suite(suite_path)
     return load_suite(shipped_suite_path("standard" if single_model else "vote"))
@@ -96,7 +103,7 @@ def attack_command(pool_path: str, members: str | None, method: str | None, suit
             f"--norm {norm_value.value} differs from the pool's {pool.threat_model.norm.value} norm, whose eps "
             f"does not carry over; give --eps for the {norm_value.value} ball, e.g. --eps 0.5"
         )
-    eps_values = sorted({parse_eps(v) for v in eps.split(",") if v.strip()}) if eps else [pool.threat_model.eps]
+    eps_values = sorted({parse_eps(v) for v in split_list(eps, "--eps")}) if eps else [pool.threat_model.eps]
     if not eps_values:
         raise ConfigError(f"--eps {eps!r} names no radius; give a value such as 2/255")
     threats = [ThreatModel(norm_value, value) for value in eps_values]

@@ -74,6 +74,14 @@ def data_options(default_n: int | None = 1000, default_start: int = 0, default_s
     )
 
 
+def split_list(text: str, option: str) -> list[str]:
+    """Split a comma-separated option value; an empty item is an error naming the option."""
+    items = [item.strip() for item in text.split(",")]
+    if not all(items):
+        raise ConfigError(f"{option} {text!r} has an empty item; separate values with single commas")
+    return items
+
+
 def parse_member_list(text: str | None) -> list[str] | None:
     """Split ``a,b,c`` into names; ``None`` means the whole pool."""
     if text is None:
