@@ -58,3 +58,13 @@ def test_empty_list_item_rejected(shared_pool: Path) -> None:
     for option, value in (("--eps", "2/255,,4/255"), ("--method", "apgd-ce,")):
         result = CliRunner().invoke(main, ["attack", "--pool", str(shared_pool), option, value, "--n", "4"])
         assert_one_line_error(result, option, "empty item")
+
+
+def test_unknown_attack_target_leaves_no_folder(shared_pool: Path, cifar_dir: Path, tmp_path: Path) -> None:
+    suite = tmp_path / "ghost.yaml"
+    suite.write_text("name: ghost\nattacks:\n  - attack: apgd-ce\n    model: ghost\n")
+    result = CliRunner().invoke(main, ["attack", "--pool", str(shared_pool), "--members", "sdp_a_mix,resnet_4b",
+                                       "--suite", str(suite), "--n", "4", "--data-dir", str(cifar_dir),
+                                       "--out", str(tmp_path / "run")])
+    assert_one_line_error(result, "model 'ghost'", "sdp_a_mix, resnet_4b")
+    assert not (tmp_path / "run").exists()

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from robustvote.attacks.base import Attack, build_attack
+from robustvote.attacks.base import SURROGATE_TARGET, Attack, build_attack
 from robustvote.threat import Norm
 from robustvote.errors import ConfigError
 
@@ -71,6 +71,16 @@ class Suite:
                 f"no attack of suite {self.name!r} ({', '.join(self.names)}) supports the {norm.value} norm; "
                 "add one that does (pgd, apgd-ce, vote-pgd, ...) or change --norm"
             )
+
+    def require_members(self, names: Sequence[str]) -> None:
+        """Raise a ConfigError when an attack targets a member (``model: NAME``) not in ``names``."""
+        for entry in self.entries:
+            model = entry.options.get("model")
+            if model is not None and model != SURROGATE_TARGET and model not in names:
+                raise ConfigError(
+                    f"attack {entry.name!r} of suite {self.name!r} targets model {model!r}, which is not a "
+                    f"member here ({', '.join(names)}); use 'surrogate' or one of these names"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return {

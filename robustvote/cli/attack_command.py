@@ -124,6 +124,8 @@ def attack_command(pool_path: str, members: str | None, method: str | None, suit
             "or choose another --out folder"
         )
 
+    for _, target, _ in runs:
+        suite.require_members(target.names)
     for label, target, folder in runs:
         summaries = []
         for threat in threats:
