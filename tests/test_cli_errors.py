@@ -6,17 +6,9 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from cli_checks import assert_one_line_error
+
 from robustvote.cli import main
-
-
-def assert_one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code == 2, result.output
-    # tqdm redraws its progress bar with carriage returns; those redraws are not error lines.
-    lines = [line for line in result.stderr.strip().splitlines() if "it/s]" not in line and line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 def test_option_check_is_one_line(shared_pool: Path) -> None:

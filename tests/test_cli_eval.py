@@ -9,6 +9,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from cli_checks import assert_one_line_error
+
 from robustvote.cli import main
 
 # Clean accuracy (%) of the shared members on the JPEG-derived CIFAR-10 test copy, measured
@@ -75,16 +77,6 @@ def write_pool(folder: Path, members: list[dict]) -> Path:
     path = folder / "pool.yaml"
     path.write_text(yaml.safe_dump({"dataset": "cifar10", "threat_model": "Linf", "eps": "2/255", "members": members}))
     return path
-
-
-def assert_one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code == 2, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 def test_error_missing_pool_file(tmp_path: Path, cifar_dir: Path) -> None:
