@@ -126,10 +126,15 @@ class _AutoAttackComponent(Attack):
     ) -> torch.Tensor:
         model = score_model(target, self.model, self.surrogate)
         return run_component(
-            self.component, model, images, labels, threat, seed=_seed_from(generator),
-            n_iter=self.n_iter, n_restarts=self.n_restarts, n_target_classes=self.n_target_classes,
-            n_queries=0, p_init=0.0,
+            self.component, model, images, labels, threat, seed=_seed_from(generator), **self.budget()
         )
+
+    def budget(self) -> dict[str, Any]:
+        """Return the pyautoattack budget keywords of :func:`run_component` for this component."""
+        return {
+            "n_iter": self.n_iter, "n_restarts": self.n_restarts, "n_target_classes": self.n_target_classes,
+            "n_queries": 0, "p_init": 0.0,
+        }
 
 
 @register_attack
@@ -175,7 +180,7 @@ class FabT(_AutoAttackComponent):
 
 
 @register_attack
-class Square(Attack):
+class Square(_AutoAttackComponent):
     """Square Attack (Andriushchenko et al., 2020): a score-based random search over square
     patches on the margin loss of the attacked model, ``n_queries`` queries per example from
     an initial patch fraction ``p_init``. Needs no gradients but still reads the model's scores,
@@ -183,6 +188,7 @@ class Square(Attack):
     """
 
     name = "square"
+    component = "square"
 
     def __init__(
         self,
@@ -202,21 +208,11 @@ class Square(Attack):
         self.model = model
         self.surrogate = Surrogate.parse(surrogate).value
 
-    def propose(
-        self,
-        target: VotingEnsemble,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        threat: ThreatModel,
-        *,
-        generator: torch.Generator,
-    ) -> torch.Tensor:
-        model = score_model(target, self.model, self.surrogate)
-        return run_component(
-            "square", model, images, labels, threat, seed=_seed_from(generator),
-            n_iter=1, n_restarts=self.n_restarts, n_target_classes=1,
-            n_queries=self.n_queries, p_init=self.p_init,
-        )
+    def budget(self) -> dict[str, Any]:
+        return {
+            "n_iter": 1, "n_restarts": self.n_restarts, "n_target_classes": 1,
+            "n_queries": self.n_queries, "p_init": self.p_init,
+        }
 
 
 @register_attack
