@@ -2,8 +2,8 @@
 
 Tie rule: the hard prediction is the class with the most votes, and a tie goes to the lowest
 class index (``torch.argmax`` returns the first maximum). For robust accuracy this rule is
-too kind to the defender, so :func:`vote_correct` by default counts an example as correct only
-when the true class has strictly more votes than every other class: a tie that involves the
+too kind to the defender. So :func:`vote_correct` by default counts an example as correct only
+when the true class has strictly more votes than every other class, and a tie that involves the
 true class goes to the attacker.
 
 A vote is piecewise constant in its input, so attacks use soft surrogates instead: the mean of
@@ -24,7 +24,7 @@ from robustvote.errors import ConfigError
 
 
 class TieRule(str, Enum):
-    """How :func:`vote_correct` scores a tie that involves the true class."""
+    """Scoring rule of :func:`vote_correct` for a tie that involves the true class."""
 
     CONSERVATIVE = "conservative"  # the attacker wins a tie with the true class
     LOWEST_INDEX = "lowest-index"  # the plain prediction rule: the lowest tied class wins

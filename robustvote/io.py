@@ -22,7 +22,7 @@ def _current_umask() -> int:
 def replace_atomic(temporary: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
     """Give a finished temporary file the usual permissions and rename it onto ``target``.
 
-    ``tempfile.mkstemp`` creates files readable by the owner only; results are meant to be shared,
+    ``tempfile.mkstemp`` creates files readable by the owner only. Results are meant to be shared,
     so the file gets ``0o666`` minus the umask, as ``open`` would give it.
     """
     os.chmod(temporary, 0o666 & ~_current_umask())

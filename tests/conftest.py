@@ -32,7 +32,7 @@ def cifar_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def zoo_dir() -> Path:
-    """Folder whose ``weights/`` holds the eight real robust models."""
+    """Folder whose ``weights/`` contains the eight real robust models."""
     return _require(ZOO_DIR / "weights", "robust model zoo").parent
 
 

@@ -145,11 +145,11 @@ def test_error_unreachable_robustbench(tmp_path: Path, cifar_dir: Path, monkeypa
 
     utils = import_robustbench()
 
-    def refuse_download(gdrive_id: str, path: str) -> None:
+    def fail_download(gdrive_id: str, path: str) -> None:
         # Stands in for a network that cannot be reached, which the test cannot cause itself.
         raise ConnectionError("network unreachable")
 
-    monkeypatch.setattr(utils, "download_gdrive_new", refuse_download)
+    monkeypatch.setattr(utils, "download_gdrive_new", fail_download)
     pool = write_pool(tmp_path, [{"name": "Ding2020MMA", "source": "robustbench", "model_dir": "cache"}])
     result = run_eval("--pool", str(pool), "--data-dir", str(cifar_dir), "--n", "10")
     assert_one_line_error(result, str(tmp_path / "cache" / "cifar10" / "Linf" / "Ding2020MMA.pt"), "download failed")

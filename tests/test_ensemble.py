@@ -50,7 +50,7 @@ def test_plain_rule_loses_tie_to_lower_class() -> None:
     assert vote_correct(votes, torch.tensor([2]), TieRule.LOWEST_INDEX).tolist() == [False]
 
 
-def test_mean_log_softmax_equals_mean_logits_up_to_constant() -> None:
+def test_mean_log_softmax_matches_mean_logits() -> None:
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(5, 7, 10, generator=generator) * 3
     mean_logits = surrogate_from_logits(logits, Surrogate.MEAN_LOGITS)

@@ -149,8 +149,8 @@ def test_robustbench_member_from_cache(tmp_path: Path, test_slice) -> None:
     from robustbench.model_zoo import model_dicts
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
 
-    # A WideResNet-28-4 from RobustBench's zoo, given seeded random weights and written where
-    # RobustBench caches downloads, stands in for the published checkpoint.
+    # The published checkpoint is replaced by a WideResNet-28-4 from RobustBench's zoo with
+    # seeded random weights, written where RobustBench caches downloads.
     torch.manual_seed(0)
     architecture = model_dicts[BenchmarkDataset.cifar_10][ThreatModel.Linf]["Ding2020MMA"]["model"]().eval()
     cache = tmp_path / "models" / "cifar10" / "Linf"

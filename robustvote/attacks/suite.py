@@ -63,7 +63,7 @@ class Suite:
     def require_norm(self, norm: Norm) -> None:
         """Raise a ConfigError unless some attack of the suite supports ``norm``.
 
-        Attacks that do not support the norm are skipped with a flag; with all of them skipped,
+        Attacks that do not support the norm are skipped with a flag. If all of them were skipped,
         the reported robust accuracy would be the clean accuracy.
         """
         if not any(norm in attack.norms for attack in self.build()):

@@ -6,7 +6,7 @@ from torch import nn
 
 
 def cnn_a(num_classes: int = 10, width: int = 100) -> nn.Sequential:
-    """The small CNN of Wong and Kolter (2018) and of SDP-FO (Dathathri et al., 2020), "CNN-A".
+    """Build the small CNN of Wong and Kolter (2018) and of SDP-FO (Dathathri et al., 2020), "CNN-A".
 
     conv 3→16 (4×4, stride 2, pad 1), ReLU, conv 16→32 (4×4, stride 2, pad 1), ReLU, flatten
     (C·H·W order, 2048), linear 2048→``width``, ReLU, linear ``width``→``num_classes``. The

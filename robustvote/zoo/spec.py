@@ -49,7 +49,7 @@ class Normalization:
 class MemberSpec:
     """One pool member as written in a pool file, with paths resolved.
 
-    ``options`` holds the fields specific to the source kind (``architecture``, ``key``, ...).
+    ``options`` contains the fields specific to the source kind (``architecture``, ``key``, ...).
     """
 
     name: str
@@ -95,10 +95,10 @@ class PoolSpec:
 
 
 def expand_variables(text: str, where: str) -> str:
-    """Expand ``${VAR}`` and ``${VAR:-default}`` in a path; an unset ``${VAR}`` is an error.
+    """Expand ``${VAR}`` and ``${VAR:-default}`` in a path. An unset ``${VAR}`` is an error.
 
     A relative path in an environment variable was written in the shell, so it is made absolute
-    against the working directory; a relative default stays relative to the pool file.
+    against the working directory. A relative default stays relative to the pool file.
     """
 
     def substitute(match: re.Match[str]) -> str:

@@ -201,6 +201,6 @@ def convert_onnx(path: Path, where: str) -> nn.Module:
 
 @register_source("onnx", required=("path",))
 def load_onnx(spec: MemberSpec) -> nn.Module:
-    """An ONNX file (optionally gzip-compressed) converted with onnx2torch."""
+    """Convert an ONNX file (optionally gzip-compressed) with onnx2torch."""
     path = require_file(spec.path, spec.name)
     return convert_onnx(path, f"member {spec.name!r} ({path})")

@@ -1,7 +1,7 @@
 """``source: robustbench``: a RobustBench model id, loaded from a local ``model_dir`` cache.
 
 RobustBench keeps checkpoints at ``<model_dir>/<dataset>/<threat_model>/<id>.pt``. A cached
-checkpoint loads without network access; a missing one is downloaded by RobustBench, and a
+checkpoint loads without network access. A missing one is downloaded by RobustBench, and a
 failed download is an error that names the file RobustBench expected.
 """
 
@@ -39,7 +39,7 @@ def expected_checkpoint(model_dir: Path, dataset: str, threat_model: str, model_
     "robustbench", optional=("model_dir", "dataset", "threat_model", "id"), path_fields=("model_dir",)
 )
 def load_robustbench(spec: MemberSpec) -> nn.Module:
-    """A RobustBench model zoo entry (``id``, or ``name`` when ``id`` is absent)."""
+    """Load a RobustBench model zoo entry (``id``, or ``name`` when ``id`` is absent)."""
     utils = import_robustbench()
     from robustbench.model_zoo import model_dicts
 

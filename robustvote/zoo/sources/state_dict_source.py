@@ -64,7 +64,7 @@ def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], where:
     "state_dict", required=("path", "architecture"), optional=("key", "arch_kwargs")
 )
 def load_state_dict_member(spec: MemberSpec) -> nn.Module:
-    """A state dict loaded strictly into a model built by ``architecture`` (``module:function``)."""
+    """Load a state dict strictly into a model built by ``architecture`` (``module:function``)."""
     path = require_file(spec.path, spec.name)
     factory = import_factory(spec.option("architecture"), spec.name)
     kwargs = spec.option("arch_kwargs") or {}

@@ -13,7 +13,7 @@ from robustvote.zoo.spec import MemberSpec
 
 @register_source("torchscript", required=("path",))
 def load_torchscript(spec: MemberSpec) -> nn.Module:
-    """A TorchScript archive; its code runs in the TorchScript interpreter, not through pickle."""
+    """Load a TorchScript archive, whose code runs in the TorchScript interpreter, not through pickle."""
     path = require_file(spec.path, spec.name)
     try:
         return torch.jit.load(str(path), map_location="cpu")
