@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
+
+from cli_checks import assert_one_line_error
 
 from robustvote.cli import main
 from robustvote.errors import ConfigError, ModelLoadError
@@ -26,10 +29,15 @@ MIXED = "S,XL,M,L"
 CARD_ACCURACY = {"S": 41.3, "M": 41.6, "L": 41.5, "XL": 41.1, "S,M,L,XL": 42.4, "XL,L,M,S": 38.3, "M,M,XL,XL": 41.5}
 
 
-@pytest.fixture(scope="module")
-def small_model() -> MatViT:
+@pytest.fixture(scope="module", params=["patch", "conv"])
+def small_model(request) -> MatViT:
     torch.manual_seed(0)
-    model = MatViT(SMALL).eval()
+    model = MatViT(replace(SMALL, stem=request.param)).eval()
+    for module in model.patch_embed.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            # Running statistics away from 0 and 1 show whether extraction carries the buffers.
+            module.running_mean.normal_(0, 0.5)
+            module.running_var.uniform_(0.5, 2)
     # Random biases make a slicing error visible in the logits (fresh biases are zero).
     with torch.no_grad():
         for block in model.blocks:
@@ -97,6 +105,27 @@ def test_parameter_counts_grow_with_width(small_model):
 def test_bad_granularity_spec_rejected(spec, message):
     with pytest.raises(ConfigError, match=message):
         parse_granularity(spec, 4)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"stem": "resnet"}, "unknown MatViT stem 'resnet'"),
+        ({"stem": "conv", "patch": 6, "image_size": 36}, "power of two"),
+        ({"stem": "conv", "patch": 1}, "power of two"),
+    ],
+)
+def test_bad_stem_rejected(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        replace(SMALL, **changes)
+
+
+def test_conv_stem_token_grid(test_slice):
+    for patch in (2, 4, 8):
+        model = MatViT(replace(SMALL, stem="conv", patch=patch)).eval()
+        with torch.no_grad():
+            tokens = model.patch_embed((test_slice.images[:2] - model.mean) / model.std)
+        assert tokens.shape == (2, SMALL.dim, 32 // patch, 32 // patch)
 
 
 def test_parse_granularity_forms():
@@ -173,6 +202,22 @@ def test_extract_cli_writes_equal_model(small_model, test_slice, tmp_path):
     assert f"{expected} parameters" in result.stdout
     with torch.no_grad():
         assert torch.allclose(load_matvit(out)(test_slice.images[:8]), small_model(test_slice.images[:8], granularity=MIXED), atol=1e-5)
+
+
+def test_extract_cli_keeps_existing_output(small_model, tmp_path):
+    nested_path = tmp_path / "nested.safetensors"
+    save_matvit(small_model, nested_path)
+    out = tmp_path / "s.safetensors"
+    args = ["extract", "--checkpoint", str(nested_path), "--granularity", "S", "--out", str(out)]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    before = out.read_bytes()
+    refused = CliRunner().invoke(main, [*args[:4], "M", *args[5:]])
+    assert_one_line_error(refused, "already exist", "--force")
+    assert out.read_bytes() == before
+    assert CliRunner().invoke(main, [*args[:4], "M", *args[5:], "--force"]).exit_code == 0
+    assert load_matvit(out).config.granularity == ("M",) * SMALL.depth
+    itself = CliRunner().invoke(main, [*args[:5], "--out", str(nested_path), "--force"])
+    assert_one_line_error(itself, "is the nested checkpoint itself")
 
 
 @pytest.mark.parametrize(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import click
 
-from robustvote.matformer.checkpoint import load_matvit, save_matvit
+from robustvote.errors import ConfigError
+from robustvote.matformer.checkpoint import config_path, load_matvit, save_matvit
 from robustvote.matformer.extract import count_parameters, extract_submodel
 
 logger = logging.getLogger(__name__)
@@ -19,12 +21,19 @@ logger = logging.getLogger(__name__)
               help="One of S, M, L, XL for every layer, or one letter per layer, e.g. S,M,L,XL.")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=str),
               help="Output .safetensors file; its .json config is written beside it.")
-def extract_command(checkpoint: str, granularity: str, out_path: str) -> None:
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
+def extract_command(checkpoint: str, granularity: str, out_path: str, force: bool) -> None:
     """Write the submodel of one granularity (Mix'n'Match) as a standalone MatViT.
 
     The extracted model keeps only the first hidden units of each FFN and returns the same
     logits as the nested model at that granularity. Prints its parameter count.
     """
+    out = Path(out_path)
+    if out.exists() and out.resolve() == Path(checkpoint).resolve():
+        raise ConfigError(f"--out {out_path} is the nested checkpoint itself; choose another file name")
+    existing = [str(p) for p in (out, config_path(out)) if p.exists()]
+    if existing and not force:
+        raise ConfigError(f"{' and '.join(existing)} already exist(s); pass --force to replace, or choose another --out")
     nested = load_matvit(checkpoint)
     submodel = extract_submodel(nested, granularity)
     save_matvit(submodel, out_path, {"extracted_from": checkpoint})

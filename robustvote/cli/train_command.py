@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 import torch
 
-from robustvote.matformer.model import MatViTConfig
+from robustvote.matformer.model import STEMS, MatViTConfig
 from robustvote.matformer.train import DEFAULT_HOLDOUT, split_training_set, train_matvit
 from robustvote.cli.options import adversarial_training_options
 from robustvote.threat import format_eps
@@ -39,6 +39,8 @@ def train_group() -> None:
 @click.option("--heads", default=4, show_default=True, type=int, help="Attention heads per block.")
 @click.option("--d-ff", "d_ff", default=512, show_default=True, type=int, help="Full (XL) FFN hidden width, a multiple of 8.")
 @click.option("--patch", default=4, show_default=True, type=int, help="Patch size in pixels.")
+@click.option("--stem", default="patch", show_default=True, type=click.Choice(STEMS),
+              help="Token embedding: one strided convolution (patch) or a convolutional stem (conv, patch a power of two).")
 @click.option("--n-train", default=None, type=int, help="Training images after shuffling (default: all that are not held out).")
 @click.option("--holdout", default=DEFAULT_HOLDOUT, show_default=True, type=int,
               help="Shuffled training images held out for the per-epoch accuracy of each granularity.")
@@ -50,7 +52,7 @@ def train_group() -> None:
 @click.option("--threads", default=None, type=int, help="CPU threads for torch (default: torch's choice).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out after its last finished epoch.")
 def matvit_command(data_dir: str | None, epochs: int, out_dir: str, adv: str, eps: float, steps: int, dim: int,
-                   depth: int, heads: int, d_ff: int, patch: int, n_train: int | None, holdout: int, batch_size: int,
+                   depth: int, heads: int, d_ff: int, patch: int, stem: str, n_train: int | None, holdout: int, batch_size: int,
                    lr: float, weight_decay: float, warmup_epochs: float, seed: int, threads: int | None,
                    resume: bool) -> None:
     """Train a MatViT on CIFAR-10, summing the loss of its S, M, L and XL granularities.
@@ -62,14 +64,14 @@ def matvit_command(data_dir: str | None, epochs: int, out_dir: str, adv: str, ep
         if threads < 1:
             raise click.BadParameter(f"expected at least 1 thread, got {threads}", param_hint="--threads")
         torch.set_num_threads(threads)
-    model_config = MatViTConfig(dim=dim, depth=depth, heads=heads, d_ff=d_ff, patch=patch)
+    model_config = MatViTConfig(dim=dim, depth=depth, heads=heads, d_ff=d_ff, patch=patch, stem=stem)
     train_config = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
         adv=AdvMode(adv), eps=eps, steps=steps, seed=seed,
     )
     split = split_training_set(data_dir, seed, n_train, holdout)
     click.echo(
-        f"training MatViT dim={dim} depth={depth} heads={heads} d_ff={d_ff} patch={patch} on "
+        f"training MatViT dim={dim} depth={depth} heads={heads} d_ff={d_ff} patch={patch} stem={stem} on "
         f"{split.train_labels.shape[0]} images, adv={adv} eps={format_eps(eps)}, {epochs} epochs -> {out_dir}",
         err=True,
     )

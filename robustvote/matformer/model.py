@@ -1,8 +1,12 @@
 """MatViT: a Vision Transformer for 32×32 images whose every FFN nests four widths.
 
 The architecture is a pre-norm ViT (Dosovitskiy et al., ICLR 2021). Inputs are normalized per
-channel and cut into ``patch``×``patch`` patches by a strided convolution. A class token and
-learned position embeddings are added. Each of the ``depth`` blocks applies multi-head
+channel and turned into one token per ``patch``×``patch`` patch, either by one strided
+convolution (``stem="patch"``, the original ViT) or by a small convolutional stem of stride-2
+3×3 convolutions, each followed by BatchNorm and ReLU, and a final 1×1 projection
+(``stem="conv"``, after Xiao et al., "Early Convolutions Help Transformers See Better",
+NeurIPS 2021), which trains much faster on small data. A class token and learned position
+embeddings are added. Each of the ``depth`` blocks applies multi-head
 self-attention and a GELU FFN, each behind a LayerNorm and a residual connection. A linear
 head reads the final class token.
 
@@ -28,13 +32,16 @@ from robustvote.matformer.granularity import Granularity, GranularitySpec, parse
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)
+STEMS = ("patch", "conv")
 
 
 @dataclass(frozen=True)
 class MatViTConfig:
     """Shape of a MatViT.
 
-    ``d_ff`` is the full (XL) FFN hidden width and must be divisible by 8. ``ffn_widths``
+    ``d_ff`` is the full (XL) FFN hidden width and must be divisible by 8. ``stem`` is
+    ``"patch"`` (one strided convolution) or ``"conv"`` (a convolutional stem; ``patch`` must
+    then be a power of two, one stride-2 convolution per factor of two). ``ffn_widths``
     gives each layer's stored hidden width: ``None`` for a nested model (every layer stores
     ``d_ff``), or the per-layer widths of a standalone model extracted at one granularity,
     which is then recorded in ``granularity``. ``mean`` and ``std`` normalize [0, 1] inputs
@@ -46,6 +53,7 @@ class MatViTConfig:
     heads: int = 4
     d_ff: int = 512
     patch: int = 4
+    stem: str = "patch"
     image_size: int = 32
     in_channels: int = 3
     num_classes: int = 10
@@ -65,6 +73,13 @@ class MatViTConfig:
             raise ConfigError(f"MatViT d_ff={self.d_ff} is not divisible by 8, so the S width d_ff/8 is not whole; choose a multiple of 8")
         if self.image_size % self.patch:
             raise ConfigError(f"patch size {self.patch} does not divide the image size {self.image_size}")
+        if self.stem not in STEMS:
+            raise ConfigError(f"unknown MatViT stem {self.stem!r}; expected one of {', '.join(STEMS)}")
+        if self.stem == "conv" and (self.patch < 2 or self.patch & (self.patch - 1)):
+            raise ConfigError(
+                f"the conv stem needs a patch size that is a power of two (2, 4, 8, ...), got {self.patch}; "
+                "change --patch or use --stem patch"
+            )
         if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
             raise ConfigError(f"mean and std need {self.in_channels} values each, got {self.mean} and {self.std}")
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
@@ -110,6 +125,23 @@ class MatViTConfig:
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
         return cls(**values)
+
+
+def conv_stem(config: MatViTConfig) -> nn.Sequential:
+    """Return stride-2 3×3 convolutions (BatchNorm, ReLU) down to one pixel per patch, then a 1×1 projection to ``dim``.
+
+    Channels double per convolution and end at ``dim``: for ``patch=8`` and ``dim=128``,
+    32, 64, 128.
+    """
+    count = config.patch.bit_length() - 1
+    layers: list[nn.Module] = []
+    channels = config.in_channels
+    for index in range(count):
+        width = max(config.dim >> (count - 1 - index), 8)
+        layers += [nn.Conv2d(channels, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        channels = width
+    layers.append(nn.Conv2d(channels, config.dim, 1))
+    return nn.Sequential(*layers)
 
 
 class Attention(nn.Module):
@@ -170,7 +202,10 @@ class MatViT(nn.Module):
         self.config = config
         self.register_buffer("mean", torch.tensor(config.mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(config.std).view(1, -1, 1, 1))
-        self.patch_embed = nn.Conv2d(config.in_channels, config.dim, config.patch, stride=config.patch)
+        if config.stem == "conv":
+            self.patch_embed: nn.Module = conv_stem(config)
+        else:
+            self.patch_embed = nn.Conv2d(config.in_channels, config.dim, config.patch, stride=config.patch)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, config.num_patches + 1, config.dim))
         self.blocks = nn.ModuleList(Block(config.dim, config.heads, width) for width in config.layer_widths())
@@ -185,8 +220,13 @@ class MatViT(nn.Module):
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 nn.init.zeros_(module.bias)
-        fan_in = self.patch_embed.in_channels * self.config.patch ** 2
-        nn.init.trunc_normal_(self.patch_embed.weight, std=1 / math.sqrt(fan_in))
+        if isinstance(self.patch_embed, nn.Conv2d):
+            fan_in = self.patch_embed.in_channels * self.config.patch ** 2
+            nn.init.trunc_normal_(self.patch_embed.weight, std=1 / math.sqrt(fan_in))
+        else:
+            for module in self.patch_embed.modules():
+                if isinstance(module, nn.Conv2d):
+                    nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
 
     def hidden_widths(self, granularity: GranularitySpec | None) -> tuple[int | None, ...]:
         """Return the FFN hidden units each layer uses (``None`` for all stored units)."""
