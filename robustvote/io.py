@@ -12,6 +12,8 @@ from typing import Any
 
 import pandas as pd
 
+from robustvote.errors import ConfigError
+
 
 def _current_umask() -> int:
     mask = os.umask(0)
@@ -61,3 +63,25 @@ def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> None:
 def write_csv_atomic(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> None:
     frame = pd.DataFrame(list(rows), columns=list(columns) if columns else None)
     write_atomic(path, frame.to_csv(index=False))
+
+
+def check_writable(path: str | os.PathLike[str], option: str) -> None:
+    """Raise :class:`ConfigError` unless a file can be created at ``path``, so a long run fails before it starts.
+
+    The nearest existing parent folder must accept a new file (missing folders are created
+    on write), and ``path`` itself must not be a folder.
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigError(f"{option} {target} is a folder; give a file name such as {target / 'results.csv'}")
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{option} {target}: {parent} is a file, not a folder; choose another location")
+    try:
+        # Create a real file: permission bits do not apply to root or to a read-only file system.
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{option} {target}: cannot write in {parent} ({exc.strerror}); choose a writable location") from None

@@ -31,7 +31,7 @@ from robustvote.attacks.audit import (
 )
 from robustvote.attacks.base import Attack, PassCounter, counted_ensemble, project
 from robustvote.attacks.suite import Suite
-from robustvote.ensemble import VotingEnsemble, predict_from_votes, vote_correct
+from robustvote.ensemble import VotingEnsemble, conservative_prediction, vote_correct
 from robustvote.errors import ConfigError, DataError
 from robustvote.runs import OutcomeStore
 from robustvote.threat import ThreatModel
@@ -89,10 +89,14 @@ class SuiteResult:
 
     ``clean_correct`` and ``robust`` are bool N masks under the conservative tie rule.
     ``per_attack_robust`` maps each attack, in suite order, to the bool N mask still robust
-    after it and every attack before it. ``adv_labels`` is the int64 N hard-vote label on the
-    adversarial example found, or on the clean image when none was found. ``counts`` gives
+    after it and every attack before it. ``adv_labels`` is the int64 N label the conservative
+    vote decides on the adversarial example found, or on the clean image when none was found:
+    the true label where it is robust, else the most-voted other class (so an error by a tie
+    names the rival class). ``counts`` gives
     per-image member passes per attack, and ``audit`` the merged
-    :func:`~robustvote.attacks.audit.audit_proposals` values per attack.
+    :func:`~robustvote.attacks.audit.audit_proposals` values per attack. ``adv_images`` holds
+    the adversarial example found for each example (the clean image where none was found); it
+    is ``None`` when some batch was read back from a run folder, which stores no images.
     """
 
     attack_names: list[str]
@@ -104,6 +108,7 @@ class SuiteResult:
     flags: list[str]
     runtime_s: dict[str, float]
     audit: dict[str, dict[str, Any]] = field(default_factory=dict)
+    adv_images: torch.Tensor | None = None
 
     @property
     def n(self) -> int:
@@ -130,7 +135,7 @@ def _derive_seed(seed: int, attack_index: int, batch_start: int) -> int:
 
 def _judge(target: VotingEnsemble, candidates: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     votes = target.votes(candidates)
-    return ~vote_correct(votes, labels), predict_from_votes(votes)
+    return ~vote_correct(votes, labels), conservative_prediction(votes, labels)
 
 
 def attack_batch(
@@ -148,7 +153,7 @@ def attack_batch(
     clean_votes = target.votes(images)
     robust = vote_correct(clean_votes, labels)
     clean_correct = robust.clone()
-    adv_labels = predict_from_votes(clean_votes)
+    adv_labels = conservative_prediction(clean_votes, labels)
     adv_images = images.clone()
     per_attack: dict[str, np.ndarray] = {}
     counts: dict[str, dict[str, int]] = {}
@@ -287,6 +292,8 @@ def combine_outcomes(
     flags += decision_flags(names, uses_gradients, per_attack, clean)
     for flag in flags:
         logger.warning("%s", flag)
+    images = [o.adv_images for o in outcomes]
+    adv_images = torch.cat(images) if images and all(i is not None for i in images) else None
     return SuiteResult(
         attack_names=list(names),
         clean_correct=clean,
@@ -297,4 +304,5 @@ def combine_outcomes(
         flags=flags,
         runtime_s=runtime,
         audit=audit,
+        adv_images=adv_images,
     )

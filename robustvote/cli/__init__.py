@@ -10,6 +10,7 @@ from robustvote.cli import extract_command
 from robustvote.cli import select_command
 from robustvote.cli import leaderboard_command
 from robustvote.cli import prune_command
+from robustvote.cli import agreement_command
 
 main.add_command(eval_command.eval_command)
 main.add_command(attack_command.attack_command)
@@ -18,5 +19,6 @@ main.add_command(extract_command.extract_command)
 main.add_command(select_command.select_command)
 main.add_command(leaderboard_command.leaderboard_command)
 main.add_command(prune_command.prune_command)
+main.add_command(agreement_command.agreement_command)
 
 __all__ = ["main"]

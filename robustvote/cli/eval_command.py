@@ -6,7 +6,7 @@ import logging
 
 import click
 
-from robustvote.cli.options import data_options, device_options, members_option, parse_member_list, pool_option
+from robustvote.cli.options import csv_option, data_options, device_options, members_option, parse_member_list, pool_option
 from robustvote.data import load_cifar10
 from robustvote.ensemble import TieRule
 from robustvote.evaluation import evaluate_clean, resolve_device
@@ -23,8 +23,7 @@ CSV_COLUMNS = ["model", "members", "n_members", "clean_accuracy", "n", "split", 
 @members_option
 @data_options(default_n=1000)
 @device_options
-@click.option("--csv", "csv_path", default=None, type=click.Path(dir_okay=False, path_type=str),
-              help="Also write the table as CSV to this file.")
+@csv_option
 def eval_command(pool_path: str, members: str | None, data_dir: str | None, split: str, start: int, n: int,
                  device: str, batch_size: int, csv_path: str | None) -> None:
     """Measure clean accuracy of each member and of the majority vote of all of them.

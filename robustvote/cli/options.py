@@ -9,6 +9,7 @@ import click
 
 from robustvote.errors import ConfigError
 from robustvote.evaluation import resolve_device
+from robustvote.io import check_writable
 from robustvote.threat import parse_eps
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -72,6 +73,18 @@ def data_options(default_n: int | None = 1000, default_start: int = 0, default_s
         click.option("--start", default=default_start, show_default=True, type=int, help="First image index."),
         click.option("--n", "n", default=default_n, show_default=True, type=int, help="Number of images."),
     )
+
+
+def _check_csv(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        check_writable(value, "--csv")
+    return value
+
+
+csv_option = click.option(
+    "--csv", "csv_path", default=None, type=click.Path(dir_okay=False, path_type=str), callback=_check_csv,
+    help="Also write the table as CSV to this file (checked for writability before any work starts).",
+)
 
 
 def split_list(text: str, option: str) -> list[str]:

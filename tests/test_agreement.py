@@ -1,0 +1,117 @@
+"""Agreement with a reference member: the counting rules, a real attack on the committed MatViT, the command."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli_checks import assert_one_line_error
+from robustvote.agreement import agreement_rows, measure_agreement
+from robustvote.attacks import suite_from_names
+from robustvote.cli import main
+from robustvote.threat import Norm, ThreatModel
+from robustvote.zoo import load_members, load_pool_file
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MATVIT_POOL = REPO_ROOT / "zoo" / "matvit-cifar10.yaml"
+THREAT = ThreatModel(Norm.LINF, 2 / 255)
+
+
+def test_rows_count_by_hand():
+    labels = torch.tensor([0, 1, 2, 3])
+    # Member 0 is the reference; the attack fooled it on examples 1 and 2 (into classes 5 and 6).
+    clean = torch.tensor([[0, 1, 2, 9], [0, 1, 7, 9], [4, 4, 4, 4]])
+    attacked = torch.tensor([[0, 5, 6, 9], [0, 5, 2, 8], [4, 5, 6, 4]])
+    fooled = torch.tensor([False, True, True, False])
+    ref, other, third = agreement_rows(["a", "b", "c"], "a", clean, attacked, labels, fooled)
+
+    assert (ref.clean_agreement, ref.attacked_agreement, ref.fooled_agreement, ref.transfer_rate) == (1, 1, 1, 1)
+    assert ref.attacked_accuracy == 0.25
+    assert ref.clean_accuracy == 0.75
+    assert other.clean_agreement == 0.75  # differs on example 2
+    assert other.attacked_agreement == 0.5  # same on examples 0 and 1
+    assert other.fooled_agreement == 0.5  # follows the reference to class 5, not to class 6
+    assert other.transfer_rate == 0.5  # example 2 is correct for it
+    assert other.attacked_accuracy == 0.5
+    assert third.clean_agreement == 0.0
+    assert third.fooled_agreement == 1.0
+    assert third.transfer_rate == 1.0
+    assert ref.n == 4
+    assert ref.n_fooled == 2
+
+
+def test_rows_without_fooled_examples_are_nan():
+    labels = torch.tensor([0, 1])
+    predictions = torch.tensor([[0, 1], [1, 1]])
+    rows = agreement_rows(["a", "b"], "a", predictions, predictions, labels, torch.zeros(2, dtype=torch.bool))
+    assert math.isnan(rows[1].fooled_agreement)
+    assert math.isnan(rows[1].transfer_rate)
+    assert rows[1].clean_agreement == 0.5
+
+
+@pytest.fixture(scope="module")
+def matvit_members():
+    if not MATVIT_POOL.is_file():
+        pytest.skip(f"committed MatViT pool {MATVIT_POOL} not found")
+    pool = load_pool_file(MATVIT_POOL)
+    return load_members(pool.subset(["matvit_S", "matvit_L", "matvit_XL"]))
+
+
+def test_reference_attack_consistent(matvit_members, test_slice):
+    images, labels = test_slice.images[:48], test_slice.labels[:48]
+    models, names = [m.model for m in matvit_members], [m.name for m in matvit_members]
+    rows, result = measure_agreement(
+        models, names, "matvit_XL", images, labels, suite_from_names(["apgd-ce"]), THREAT, batch_size=48
+    )
+    by_name = {row.member: row for row in rows}
+    reference = by_name["matvit_XL"]
+    # The reference's accuracy on its own worst-case examples is the attack's robust accuracy.
+    assert reference.attacked_accuracy == pytest.approx(result.robust_accuracy)
+    assert reference.clean_accuracy == pytest.approx(result.clean_accuracy)
+    assert reference.n_fooled == int((result.clean_correct & ~result.robust).sum()) > 0
+    assert (result.adv_images - images).abs().max() <= THREAT.eps + 1e-6
+    for row in rows:
+        assert 0 <= row.fooled_agreement <= row.transfer_rate <= 1  # same wrong class implies wrong
+    # Nested submodels share most of the reference's decisions, but not all of them.
+    assert 0.6 < by_name["matvit_S"].clean_agreement < 1
+
+
+def run_cli(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_command_writes_csv(cifar_dir, matvit_members, tmp_path):
+    out = tmp_path / "agreement.csv"
+    result = run_cli(
+        "agreement", "--pool", str(MATVIT_POOL), "--members", "matvit_S,matvit_M", "--reference", "matvit_XL",
+        "--method", "apgd-ce", "--eps", "2/255", "--n", "32", "--data-dir", str(cifar_dir), "--csv", str(out),
+    )
+    assert result.exit_code == 0, result.output
+    assert "agreement with matvit_XL" in result.stdout
+    with out.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["member"] for r in rows] == ["matvit_XL", "matvit_S", "matvit_M"]
+    assert all(r["reference"] == "matvit_XL" and r["n"] == "32" and r["suite"] == "custom" for r in rows)
+    assert float(rows[0]["clean_agreement"]) == 1.0
+
+
+def test_unknown_reference_one_line(cifar_dir):
+    result = run_cli("agreement", "--pool", str(MATVIT_POOL), "--reference", "matvit_XXL", "--data-dir", str(cifar_dir))
+    assert_one_line_error(result, "--reference 'matvit_XXL'", "matvit_XL")
+
+
+def test_unwritable_csv_fails_early(cifar_dir, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for command in ("agreement", "eval"):
+        extra = ["--reference", "matvit_XL"] if command == "agreement" else []
+        result = run_cli(command, "--pool", str(MATVIT_POOL), *extra, "--data-dir", str(cifar_dir), "--n", "10000",
+                         "--csv", str(blocker / "out.csv"))
+        assert_one_line_error(result, "--csv", "is a file, not a folder")
+    result = run_cli("eval", "--pool", str(MATVIT_POOL), "--data-dir", str(cifar_dir), "--csv", str(tmp_path))
+    assert_one_line_error(result, "is a directory")
