@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,23 +69,37 @@ def wilson_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, fl
     return (max(0.0, centre - half_width), min(1.0, centre + half_width))
 
 
+def _natural_key(path: Path) -> list[tuple[int, Any]]:
+    # Digits compare as numbers, so eps-4-255 sorts before eps-16-255.
+    return [(0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", str(path)) if part]
+
+
 def find_summaries(run_dir: str | os.PathLike[str]) -> list[Path]:
-    """Return the folders with a summary: ``run_dir`` itself, or its member sub-folders."""
+    """Return the run folders at or below ``run_dir``: every folder that contains a summary.
+
+    A run folder is not searched further, so this finds a single run, the member folders of
+    ``--each-member``, the eps folders of a sweep, and any mix of them nested at any depth.
+    """
     folder = Path(run_dir)
     if not folder.is_dir():
         raise DataError(f"run folder {folder} not found or not a folder")
-    if (folder / SUMMARY_FILE).exists():
-        return [folder]
-    try:
-        children = sorted(child for child in folder.iterdir() if (child / SUMMARY_FILE).exists())
-    except OSError as exc:
-        raise DataError(f"cannot list run folder {folder}: {exc.strerror or exc}") from None
-    if not children:
+    found: list[Path] = []
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        if (current / SUMMARY_FILE).exists():
+            found.append(current)
+            continue
+        try:
+            pending += [child for child in current.iterdir() if child.is_dir() and not child.is_symlink()]
+        except OSError as exc:
+            raise DataError(f"cannot list run folder {current}: {exc.strerror or exc}") from None
+    if not found:
         raise DataError(
-            f"{SUMMARY_FILE} not found in {folder} or its sub-folders; the run may have stopped "
+            f"{SUMMARY_FILE} not found in {folder} or any folder below it; the run may have stopped "
             "before its first summary"
         )
-    return children
+    return sorted(found, key=_natural_key)
 
 
 def suite_name(folder: Path) -> str:

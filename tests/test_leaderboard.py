@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from robustvote.attacks.runner import SuiteResult
 from robustvote.cli import main
 from robustvote.errors import DataError
-from robustvote.leaderboard import update_leaderboard, wilson_interval
+from robustvote.leaderboard import find_summaries, update_leaderboard, wilson_interval
 from robustvote.runs import SUMMARY_FILE, build_summary, write_summary
 from robustvote.threat import Norm, ThreatModel
 
@@ -143,6 +143,21 @@ def test_each_member_folder_gives_one_row_per_member(tmp_path: Path) -> None:
     rows, problems = update_leaderboard([folder], out)
     assert problems == []
     assert sorted(row["model"] for row in rows) == ["x", "y"]
+
+
+def test_nested_sweep_folders_found_in_numeric_order(tmp_path: Path) -> None:
+    # attack --each-member with an eps sweep writes MEMBER/eps-N-255/summary.json.
+    folder = tmp_path / "sweep"
+    for name in ("x", "y"):
+        for eps in (16, 4, 8):
+            write_run(folder / name / f"eps-{eps}-255", name, [name],
+                      suite_result([True, True], {"apgd-ce": [True, False]}), eps=eps / 255)
+    found = find_summaries(folder)
+    assert [p.relative_to(folder).as_posix() for p in found] == [
+        f"{name}/eps-{eps}-255" for name in ("x", "y") for eps in (4, 8, 16)
+    ]
+    rows, problems = update_leaderboard([folder], tmp_path / "leaderboard.csv")
+    assert problems == [] and len(rows) == 6
 
 
 @pytest.mark.parametrize("damage, reason", [
