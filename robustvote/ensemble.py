@@ -75,6 +75,17 @@ def vote_correct(
     return true_votes > others.max(dim=1).values
 
 
+def conservative_prediction(votes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Return the N labels the conservative rule decides: the true label where the vote is correct,
+    else the most-voted other class (the lowest index among tied ones).
+
+    Where a tie with the true class makes the vote wrong, this names the rival class, whereas
+    :func:`predict_from_votes` could return the true label itself.
+    """
+    rivals = votes.scatter(1, labels.view(-1, 1), -1).argmax(dim=1)
+    return torch.where(vote_correct(votes, labels), labels, rivals)
+
+
 class VotingEnsemble(nn.Module):
     """Hard-label majority vote over members that map [0, 1] N×3×H×W images to N×C logits.
 

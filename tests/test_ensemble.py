@@ -10,6 +10,7 @@ from robustvote.ensemble import (
     Surrogate,
     TieRule,
     VotingEnsemble,
+    conservative_prediction,
     predict_from_votes,
     surrogate_from_logits,
     vote_correct,
@@ -43,6 +44,15 @@ def test_conservative_rule_gives_tie_to_attacker() -> None:
     plain = vote_correct(votes, labels, TieRule.LOWEST_INDEX)
     assert conservative.tolist() == [False, True, True, False]
     assert plain.tolist() == [True, True, True, True]
+
+
+def test_conservative_prediction_names_rival() -> None:
+    # Example 0: classes 1 and 2 tie and 1 is true, so the decided label is 2, not the lower 1.
+    # Example 1: both vote for the true class. Example 2: classes 0 and 1 tie, true is 2.
+    votes = votes_from_logits(_one_hot_logits([[2, 2, 0], [1, 2, 1]]))
+    labels = torch.tensor([1, 2, 2])
+    assert predict_from_votes(votes).tolist()[0] == 1
+    assert conservative_prediction(votes, labels).tolist() == [2, 2, 0]
 
 
 def test_plain_rule_loses_tie_to_lower_class() -> None:
