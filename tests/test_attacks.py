@@ -346,3 +346,25 @@ def test_eps_sweep_flags() -> None:
     stuck = eps_sweep_flags([2 / 255, 64 / 255], [0.5, 0.3])
     assert len(stuck) == 1
     assert "no-fall-at-large-eps" in stuck[0]
+
+
+class _FlatMember(nn.Module):
+    """Logits that depend on the input only through a zero factor: every input gradient is zero."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(x.shape[0], 10, device=x.device)
+        logits[:, 0] = 1.0
+        return logits + 0 * x.flatten(1).sum(1, keepdim=True)
+
+
+def test_zero_gradients_flagged_not_warned() -> None:
+    import warnings
+
+    target = VotingEnsemble([_FlatMember()], ["flat"])
+    images, labels = torch.rand(6, 3, 4, 4), torch.zeros(6, dtype=torch.long)
+    suite = suite_from_names(["apgd-dlr", "apgd-t"], {"apgd-dlr": {"n_iter": 3}, "apgd-t": {"n_iter": 3, "n_target_classes": 2}})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_suite(target, images, labels, suite, LINF_8, progress=False)
+    assert not [w for w in caught if "zero gradient" in str(w.message)]
+    assert any(flag.startswith("vanishing-gradients") for flag in result.flags)

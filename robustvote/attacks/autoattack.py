@@ -45,6 +45,17 @@ def _target_classes(requested: int, scores_width: int) -> int:
     return max(1, min(requested, scores_width - 1))
 
 
+class _DebugSink:
+    """Takes pyautoattack's zero-gradient warnings and logs them at debug level.
+
+    The runner's gradient audit reports the same finding once per run as a
+    ``vanishing-gradients`` flag, instead of one warning per batch on stderr.
+    """
+
+    def warning(self, message: str) -> None:
+        logger.debug("pyautoattack: %s", message)
+
+
 def run_component(
     component: str,
     model: nn.Module,
@@ -70,13 +81,13 @@ def run_component(
     with torch.no_grad():
         width = int(model(images[:1]).shape[-1])
     if component == "apgd-ce":
-        attack: Any = APGDAttack(model, n_iter=n_iter, n_restarts=n_restarts, loss="ce", rho=0.75, **common)
+        attack: Any = APGDAttack(model, n_iter=n_iter, n_restarts=n_restarts, loss="ce", rho=0.75, logger=_DebugSink(), **common)
     elif component == "apgd-dlr":
-        attack = APGDAttack(model, n_iter=n_iter, n_restarts=n_restarts, loss="dlr", rho=0.75, **common)
+        attack = APGDAttack(model, n_iter=n_iter, n_restarts=n_restarts, loss="dlr", rho=0.75, logger=_DebugSink(), **common)
     elif component == "apgd-t":
         attack = APGDAttack_targeted(
             model, n_iter=n_iter, n_restarts=n_restarts, rho=0.75,
-            n_target_classes=_target_classes(n_target_classes, width), **common,
+            n_target_classes=_target_classes(n_target_classes, width), logger=_DebugSink(), **common,
         )
     elif component == "fab-t":
         attack = FABAttack_PT(
