@@ -11,6 +11,8 @@ import yaml
 from click.testing import CliRunner
 from torch import nn
 
+from cli_checks import assert_one_line_error
+
 from robustvote.cli import main
 from robustvote.errors import ConfigError
 from robustvote.pruning import GroupLasso, PruneRule, UnitGroup, count_parameters, prune_model, select_units, unit_norms
@@ -209,6 +211,16 @@ def test_prune_cli_requires_width_argument(shared_pool, tmp_path):
     ])
     assert result.exit_code == 2
     assert "name no width argument" in result.output
+
+
+def test_prune_cli_unwritable_out_fails_early(shared_pool, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = CliRunner().invoke(main, [
+        "prune", "--pool", str(shared_pool), "--member", "sdp_a_mix", "--layers", "5,7=width", "--lam", "0.1",
+        "--threshold", "0.1", "--out", str(blocker / "x.safetensors"),
+    ])
+    assert_one_line_error(result, "--out", "is a file, not a folder")
 
 
 def test_write_pruned_member_roundtrip(shared_pool, tmp_path):

@@ -14,7 +14,7 @@ from robustvote.cli.options import adversarial_training_options, device_options
 from robustvote.data import load_cifar10
 from robustvote.errors import ConfigError
 from robustvote.evaluation import evaluate_clean, resolve_device
-from robustvote.io import write_json_atomic
+from robustvote.io import check_writable, write_json_atomic
 from robustvote.matformer.train import split_training_set
 from robustvote.pruning.groups import GroupLasso, UnitGroup
 from robustvote.pruning.member import check_prunable, prune_member, trainable, write_pruned_member
@@ -117,6 +117,7 @@ def prune_command(pool_path: str | None, member: str | None, checkpoint: str | N
     rule = PruneRule(threshold, relative, target_width)
     if out_path.suffix != ".safetensors":
         raise ConfigError(f"--out {out_path} must end in .safetensors")
+    check_writable(out_path, "--out")
     for label, epochs in (("--train-epochs", train_epochs), ("--finetune-epochs", finetune_epochs)):
         if epochs < 0:
             raise ConfigError(f"invalid {label} {epochs}: expected 0 or more")
