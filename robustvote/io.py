@@ -60,9 +60,13 @@ def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> None:
     write_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
-def write_csv_atomic(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> None:
+def write_csv_atomic(
+    path: str | os.PathLike[str], rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None,
+    na_rep: str = "",
+) -> None:
+    """Write ``rows`` as CSV through a temporary file; missing values and NaN are written as ``na_rep``."""
     frame = pd.DataFrame(list(rows), columns=list(columns) if columns else None)
-    write_atomic(path, frame.to_csv(index=False))
+    write_atomic(path, frame.to_csv(index=False, na_rep=na_rep))
 
 
 def check_writable(path: str | os.PathLike[str], option: str) -> None:

@@ -31,16 +31,17 @@ def test_rows_count_by_hand():
     ref, other, third = agreement_rows(["a", "b", "c"], "a", clean, attacked, labels, fooled)
 
     assert (ref.clean_agreement, ref.attacked_agreement, ref.fooled_agreement, ref.transfer_rate) == (1, 1, 1, 1)
-    assert ref.attacked_accuracy == 0.25
+    assert ref.transfer_accuracy == 0.25
     assert ref.clean_accuracy == 0.75
     assert other.clean_agreement == 0.75  # differs on example 2
     assert other.attacked_agreement == 0.5  # same on examples 0 and 1
     assert other.fooled_agreement == 0.5  # follows the reference to class 5, not to class 6
-    assert other.transfer_rate == 0.5  # example 2 is correct for it
-    assert other.attacked_accuracy == 0.5
+    # Only example 1 counts for the transfer rate: b is wrong on example 2 even when clean.
+    assert other.transfer_rate == 1.0
+    assert other.transfer_accuracy == 0.5
     assert third.clean_agreement == 0.0
     assert third.fooled_agreement == 1.0
-    assert third.transfer_rate == 1.0
+    assert math.isnan(third.transfer_rate)  # c is wrong on both fooled examples when clean
     assert ref.n == 4
     assert ref.n_fooled == 2
 
@@ -65,18 +66,23 @@ def matvit_members():
 def test_reference_attack_consistent(matvit_members, test_slice):
     images, labels = test_slice.images[:48], test_slice.labels[:48]
     models, names = [m.model for m in matvit_members], [m.name for m in matvit_members]
+    # Three batches, so the adversarial images of later batches must line up with their labels.
     rows, result = measure_agreement(
-        models, names, "matvit_XL", images, labels, suite_from_names(["apgd-ce"]), THREAT, batch_size=48
+        models, names, "matvit_XL", images, labels, suite_from_names(["apgd-ce"]), THREAT, batch_size=16
     )
     by_name = {row.member: row for row in rows}
     reference = by_name["matvit_XL"]
     # The reference's accuracy on its own worst-case examples is the attack's robust accuracy.
-    assert reference.attacked_accuracy == pytest.approx(result.robust_accuracy)
+    assert reference.transfer_accuracy == pytest.approx(result.robust_accuracy)
     assert reference.clean_accuracy == pytest.approx(result.clean_accuracy)
-    assert reference.n_fooled == int((result.clean_correct & ~result.robust).sum()) > 0
+    assert reference.n_fooled == int((result.clean_correct & ~result.robust).sum())
+    assert reference.n_fooled > 0
     assert (result.adv_images - images).abs().max() <= THREAT.eps + 1e-6
+    with torch.no_grad():
+        again = models[names.index("matvit_XL")](result.adv_images).argmax(1)
+    assert float((again == result.adv_labels).float().mean()) > 0.95
     for row in rows:
-        assert 0 <= row.fooled_agreement <= row.transfer_rate <= 1  # same wrong class implies wrong
+        assert row.transfer_accuracy <= row.clean_accuracy + reference.n_fooled / row.n
     # Nested submodels share most of the reference's clean decisions.
     assert by_name["matvit_S"].clean_agreement > 0.6
 
@@ -98,6 +104,8 @@ def test_command_writes_csv(cifar_dir, matvit_members, tmp_path):
     assert [r["member"] for r in rows] == ["matvit_XL", "matvit_S", "matvit_M"]
     assert all(r["reference"] == "matvit_XL" and r["n"] == "32" and r["suite"] == "custom" for r in rows)
     assert float(rows[0]["clean_agreement"]) == 1.0
+    assert rows[0]["data_indices"] == "test[0:32]"
+    assert all(r["transfer_rate"] != "" for r in rows)  # NaN is written as "nan", not left empty
 
 
 def test_unknown_reference_one_line(cifar_dir):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -92,11 +92,11 @@ class SuiteResult:
     after it and every attack before it. ``adv_labels`` is the int64 N label the conservative
     vote decides on the adversarial example found, or on the clean image when none was found:
     the true label where it is robust, else the most-voted other class (so an error by a tie
-    names the rival class). ``counts`` gives
-    per-image member passes per attack, and ``audit`` the merged
-    :func:`~robustvote.attacks.audit.audit_proposals` values per attack. ``adv_images`` holds
-    the adversarial example found for each example (the clean image where none was found); it
-    is ``None`` when some batch was read back from a run folder, which stores no images.
+    names the rival class). ``counts`` gives per-image member passes per attack, and ``audit``
+    the merged :func:`~robustvote.attacks.audit.audit_proposals` values per attack.
+    ``adv_images`` contains the adversarial example found for each example (the clean image
+    where none was found) when :func:`run_suite` was asked to keep them and no batch was read
+    back from a run folder, which stores no images. Otherwise it is ``None``.
     """
 
     attack_names: list[str]
@@ -225,12 +225,15 @@ def run_suite(
     run_dir: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    keep_adv_images: bool = False,
 ) -> SuiteResult:
     """Run ``suite`` on ``images`` (N×3×H×W in [0, 1]) and return the per-example worst case.
 
     With ``run_dir``, every finished batch is written to ``run_dir/outcomes/``; with ``resume``
     too, batches already there are read back instead of recomputed. Without ``resume``, a
-    ``run_dir`` that already contains outcomes is an error.
+    ``run_dir`` that already contains outcomes is an error. ``keep_adv_images`` keeps the
+    worst-case images in the result (as large as ``images``); otherwise each batch's images are
+    dropped when the batch is done.
     """
     _check_inputs(images, labels, batch_size)
     target = target.to(device).eval()
@@ -261,6 +264,8 @@ def run_suite(
         outcome = attack_batch(target, x, y, names, attacks, threat, seed=seed, start=start)
         if store is not None:
             store.write(start, outcome.to_record())
+        if not keep_adv_images:
+            outcome = replace(outcome, adv_images=None)
         outcomes.append(outcome)
 
     return combine_outcomes(outcomes, names, [a.uses_gradients for a in attacks], threat, flags)

@@ -21,6 +21,7 @@ from robustvote.data import load_cifar10
 from robustvote.errors import ConfigError
 from robustvote.evaluation import resolve_device
 from robustvote.io import write_csv_atomic
+from robustvote.runs import data_indices_label, git_commit
 from robustvote.threat import ThreatModel, format_eps, parse_eps
 from robustvote.zoo import load_members, load_pool_file
 
@@ -28,7 +29,8 @@ logger = logging.getLogger(__name__)
 
 CSV_COLUMNS = [
     "member", "reference", "clean_agreement", "attacked_agreement", "fooled_agreement", "transfer_rate",
-    "clean_accuracy", "attacked_accuracy", "n", "n_fooled", "threat_model", "eps", "suite", "split", "start", "seed",
+    "clean_accuracy", "transfer_accuracy", "n", "n_fooled", "pool", "dataset", "data_indices", "threat_model", "eps",
+    "suite", "seed", "commit", "flags",
 ]
 
 
@@ -39,11 +41,11 @@ def _percent(value: float) -> str:
 def format_rows(rows: list[AgreementRow]) -> str:
     """Return the rows as a plain-text table, values in percent."""
     width = max(len("member"), *(len(r.member) for r in rows))
-    header = ["clean_agree", "attacked_agree", "fooled_agree", "transfer", "clean_acc", "attacked_acc"]
+    header = ["clean_agree", "attacked_agree", "fooled_agree", "transfer_rate", "clean_acc", "transfer_acc"]
     lines = [f"{'member':<{width}}  " + "  ".join(f"{h:>14}" for h in header)]
     for row in rows:
         values = [row.clean_agreement, row.attacked_agreement, row.fooled_agreement, row.transfer_rate,
-                  row.clean_accuracy, row.attacked_accuracy]
+                  row.clean_accuracy, row.transfer_accuracy]
         lines.append(f"{row.member:<{width}}  " + "  ".join(f"{_percent(v):>14}" for v in values))
     return "\n".join(lines)
 
@@ -68,9 +70,12 @@ def agreement_command(pool_path: str, members: str | None, reference: str, metho
     The suite attacks the reference alone, and every member then classifies the adversarial
     examples found. clean_agree and attacked_agree give the share of the n images on which a
     member predicts the reference's class, clean and on the reference's worst-case examples.
-    fooled_agree and transfer count only the examples that fooled the reference: the share on
-    which the member predicts the same wrong class, and the share on which it is wrong at all.
-    clean_acc and attacked_acc are the member's own accuracy. All values are in percent.
+    fooled_agree is the share of the examples that fooled the reference on which the member
+    predicts the same wrong class. transfer_rate is the share of those examples, among the ones
+    the member classifies correctly when clean, on which it is wrong too. clean_acc and
+    transfer_acc are the member's accuracy on the clean and the attacked images. For members
+    other than the reference, transfer_acc is only an upper bound on robust accuracy. All
+    values are in percent.
     """
     pool = load_pool_file(pool_path)
     if reference not in [m.name for m in pool.members]:
@@ -99,7 +104,10 @@ def agreement_command(pool_path: str, members: str | None, reference: str, metho
     for flag in result.flags:
         click.echo(f"flag: {flag}")
     if csv_path:
-        common = {"threat_model": threat.norm.value, "eps": threat.eps, "suite": suite.name,
-                  "split": data.split.value, "start": start, "seed": seed}
-        write_csv_atomic(csv_path, [{**row.to_row(), **common} for row in rows], CSV_COLUMNS)
+        common = {
+            "pool": pool_path, "dataset": pool.dataset, "data_indices": data_indices_label(data.split.value, start, len(data)),
+            "threat_model": threat.norm.value, "eps": threat.eps, "suite": suite.name, "seed": seed,
+            "commit": git_commit() or "", "flags": "; ".join(result.flags),
+        }
+        write_csv_atomic(csv_path, [{**row.to_row(), **common} for row in rows], CSV_COLUMNS, na_rep="nan")
         logger.info("wrote %s", csv_path)
