@@ -357,7 +357,7 @@ class _FlatMember(nn.Module):
         return logits + 0 * x.flatten(1).sum(1, keepdim=True)
 
 
-def test_zero_gradients_flagged_not_warned() -> None:
+def test_zero_gradients_logged_not_warned(caplog) -> None:
     import warnings
 
     target = VotingEnsemble([_FlatMember()], ["flat"])
@@ -367,4 +367,7 @@ def test_zero_gradients_flagged_not_warned() -> None:
         warnings.simplefilter("always")
         result = run_suite(target, images, labels, suite, LINF_8, progress=False)
     assert not [w for w in caught if "zero gradient" in str(w.message)]
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "zero gradient" in r.getMessage()]
+    assert logged
+    assert logged[0].startswith("pyautoattack apgd-dlr:")
     assert any(flag.startswith("vanishing-gradients") for flag in result.flags)

@@ -45,15 +45,19 @@ def _target_classes(requested: int, scores_width: int) -> int:
     return max(1, min(requested, scores_width - 1))
 
 
-class _DebugSink:
-    """Takes pyautoattack's zero-gradient warnings and logs them at debug level.
+class _LogSink:
+    """A logger for pyautoattack's checks that names the component attacked.
 
-    The runner's gradient audit reports the same finding once per run as a
-    ``vanishing-gradients`` flag, instead of one warning per batch on stderr.
+    pyautoattack reports zero input gradients of the model it attacks (which may be a
+    surrogate) with a Python warning that points into its own source. Passed as its
+    ``logger``, this writes the same finding as one robustvote log line instead.
     """
 
+    def __init__(self, component: str) -> None:
+        self.component = component
+
     def warning(self, message: str) -> None:
-        logger.debug("pyautoattack: %s", message)
+        logger.warning("pyautoattack %s: %s", self.component, message)
 
 
 def run_component(
@@ -81,13 +85,13 @@ def run_component(
     with torch.no_grad():
         width = int(model(images[:1]).shape[-1])
     if component == "apgd-ce":
-        attack: Any = APGDAttack(model, n_iter=n_iter, n_restarts=n_restarts, loss="ce", rho=0.75, logger=_DebugSink(), **common)
+        attack: Any = APGDAttack(model, n_iter=n_iter, n_restarts=n_restarts, loss="ce", rho=0.75, logger=_LogSink(component), **common)
     elif component == "apgd-dlr":
-        attack = APGDAttack(model, n_iter=n_iter, n_restarts=n_restarts, loss="dlr", rho=0.75, logger=_DebugSink(), **common)
+        attack = APGDAttack(model, n_iter=n_iter, n_restarts=n_restarts, loss="dlr", rho=0.75, logger=_LogSink(component), **common)
     elif component == "apgd-t":
         attack = APGDAttack_targeted(
             model, n_iter=n_iter, n_restarts=n_restarts, rho=0.75,
-            n_target_classes=_target_classes(n_target_classes, width), logger=_DebugSink(), **common,
+            n_target_classes=_target_classes(n_target_classes, width), logger=_LogSink(component), **common,
         )
     elif component == "fab-t":
         attack = FABAttack_PT(
