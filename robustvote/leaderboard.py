@@ -85,13 +85,18 @@ def find_summaries(run_dir: str | os.PathLike[str]) -> list[Path]:
         raise DataError(f"run folder {folder} not found or not a folder")
     found: list[Path] = []
     pending = [folder]
+    visited: set[Path] = set()
     while pending:
         current = pending.pop()
+        # Symbolic links are followed, and the resolved set stops a link cycle.
+        if current.resolve() in visited:
+            continue
+        visited.add(current.resolve())
         if (current / SUMMARY_FILE).exists():
             found.append(current)
             continue
         try:
-            pending += [child for child in current.iterdir() if child.is_dir() and not child.is_symlink()]
+            pending += [child for child in current.iterdir() if child.is_dir()]
         except OSError as exc:
             raise DataError(f"cannot list run folder {current}: {exc.strerror or exc}") from None
     if not found:

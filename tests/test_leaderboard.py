@@ -157,7 +157,17 @@ def test_nested_sweep_folders_found_in_numeric_order(tmp_path: Path) -> None:
         f"{name}/eps-{eps}-255" for name in ("x", "y") for eps in (4, 8, 16)
     ]
     rows, problems = update_leaderboard([folder], tmp_path / "leaderboard.csv")
-    assert problems == [] and len(rows) == 6
+    assert problems == []
+    assert len(rows) == 6
+
+
+def test_symlinked_run_folders_followed(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "runs" / "x", "x", ["x"], suite_result([True, True], {"apgd-ce": [True, False]}))
+    board = tmp_path / "board"
+    board.mkdir()
+    (board / "x").symlink_to(run, target_is_directory=True)
+    (board / "loop").symlink_to(board, target_is_directory=True)
+    assert find_summaries(board) == [board / "x"]
 
 
 @pytest.mark.parametrize("damage, reason", [

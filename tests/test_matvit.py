@@ -212,7 +212,7 @@ def test_extract_cli_keeps_existing_output(small_model, tmp_path):
     assert CliRunner().invoke(main, args).exit_code == 0
     before = out.read_bytes()
     refused = CliRunner().invoke(main, [*args[:4], "M", *args[5:]])
-    assert_one_line_error(refused, "already exist", "--force")
+    assert_one_line_error(refused, "already exists", "--force")
     assert out.read_bytes() == before
     assert CliRunner().invoke(main, [*args[:4], "M", *args[5:], "--force"]).exit_code == 0
     assert load_matvit(out).config.granularity == ("M",) * SMALL.depth

@@ -29,11 +29,13 @@ def extract_command(checkpoint: str, granularity: str, out_path: str, force: boo
     logits as the nested model at that granularity. Prints its parameter count.
     """
     out = Path(out_path)
+    if out.suffix != ".safetensors":
+        raise ConfigError(f"--out {out_path} must end in .safetensors; its .json config is written beside it")
     if out.exists() and out.resolve() == Path(checkpoint).resolve():
         raise ConfigError(f"--out {out_path} is the nested checkpoint itself; choose another file name")
-    existing = [str(p) for p in (out, config_path(out)) if p.exists()]
-    if existing and not force:
-        raise ConfigError(f"{' and '.join(existing)} already exist(s); pass --force to replace, or choose another --out")
+    for existing in (out, config_path(out)):
+        if existing.exists() and not force:
+            raise ConfigError(f"{existing} already exists; pass --force to replace it, or choose another --out")
     nested = load_matvit(checkpoint)
     submodel = extract_submodel(nested, granularity)
     save_matvit(submodel, out_path, {"extracted_from": checkpoint})
