@@ -187,6 +187,19 @@ def test_variables_and_relative_paths(zoo_dir: Path, tmp_path: Path, monkeypatch
     assert spec.members[1].path == tmp_path / "weights" / "resnet_4b.onnx"
 
 
+def test_parent_steps_normalized_like_variables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pool_folder = tmp_path / "pools"
+    pool_folder.mkdir()
+    monkeypatch.setenv("MY_ZOO", str(tmp_path / "models"))
+    pool = write_pool(pool_folder, [
+        {"name": "a", "source": "onnx", "path": "../models/a.onnx"},
+        {"name": "b", "source": "onnx", "path": "${MY_ZOO}/a.onnx"},
+    ])
+    first, second = load_pool_file(pool).members
+    assert first.path == tmp_path / "models" / "a.onnx"
+    assert first.path == second.path
+
+
 def test_unset_variable_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("UNSET_ZOO_VARIABLE", raising=False)
     pool = write_pool(tmp_path, [{"name": "a", "source": "onnx", "path": "${UNSET_ZOO_VARIABLE}/x.onnx"}])

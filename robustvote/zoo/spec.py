@@ -161,7 +161,9 @@ def parse_member(raw: Any, index: int, base_dir: Path, origin: str) -> MemberSpe
 
     def resolve(value: Any) -> Path:
         expanded = Path(expand_variables(str(value), where)).expanduser()
-        return expanded if expanded.is_absolute() else base_dir / expanded
+        # Normalized like a path from an environment variable, so that one file gets one name
+        # however the pool file reaches it (and cached selection rows keyed by it still match).
+        return Path(os.path.abspath(expanded if expanded.is_absolute() else base_dir / expanded))
 
     path = resolve(raw["path"]) if raw.get("path") is not None else None
     sha256 = raw.get("sha256")
