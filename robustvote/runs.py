@@ -68,13 +68,24 @@ class OutcomeStore:
 
 
 def prepare_run_folder(folder: str | os.PathLike[str], resume: bool) -> Path:
-    """Create ``folder``, or check that it may be reused: non-empty needs ``resume``."""
+    """Create ``folder``, or check that it may be reused: non-empty needs ``resume``.
+
+    With ``resume``, a missing or empty folder starts a new run, so one command both starts a
+    run and continues it after an interruption.
+    """
     path = Path(folder)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--out {path} is a file, not a folder; choose a folder path")
+    if resume and (path / CONFIG_FILE).is_file():
+        return path
+    if resume and path.is_dir() and any(path.iterdir()):
+        raise ConfigError(
+            f"cannot resume: {CONFIG_FILE} not found in the non-empty folder {path}; "
+            "choose another --out folder, or empty this one to start a new run"
+        )
     if resume:
-        if not (path / CONFIG_FILE).is_file():
-            raise ConfigError(f"cannot resume: {CONFIG_FILE} not found in {path}; run without --resume to start a new run")
+        logger.info("no run to resume in %s; starting a new run", path)
+        path.mkdir(parents=True, exist_ok=True)
         return path
     if path.is_dir() and any(path.iterdir()):
         raise ConfigError(
@@ -116,7 +127,7 @@ def write_config(folder: Path, config: Mapping[str, Any], resume: bool) -> None:
     """Write ``config.json``; on resume, check that the stored config describes the same run."""
     path = folder / CONFIG_FILE
     config = {"format_version": FORMAT_VERSION, **config}
-    if resume:
+    if resume and path.is_file():
         stored = json.loads(path.read_text())
         differing = sorted(
             key for key in set(stored) | set(config)

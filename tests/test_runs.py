@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from cli_checks import assert_one_line_error
+
 from robustvote.attacks import load_suite, run_suite
 from robustvote.cli import main
 from robustvote.ensemble import VotingEnsemble
@@ -102,6 +104,26 @@ def test_nonempty_out_needs_resume(shared_pool, cifar_dir, suite_file, tmp_path)
     assert str(out) in result.stderr
     assert "--resume" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_resume_starts_missing_run(shared_pool, cifar_dir, suite_file, tmp_path) -> None:
+    # One command line both starts a run and continues it, also with --each-member sub-folders.
+    out = tmp_path / "fresh"
+    arguments = _arguments(shared_pool, cifar_dir, "--suite", str(suite_file), "--n", "4", "--each-member",
+                           "--out", str(out), "--resume")
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == sorted(MEMBERS.split(","))
+    assert all((out / name / "summary.json").is_file() for name in MEMBERS.split(","))
+
+
+def test_resume_into_foreign_folder_rejected(shared_pool, cifar_dir, suite_file, tmp_path) -> None:
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "notes.txt").write_text("something else")
+    arguments = _arguments(shared_pool, cifar_dir, "--suite", str(suite_file), "--n", "4", "--out", str(out), "--resume")
+    result = CliRunner().invoke(main, arguments)
+    assert_one_line_error(result, "config.json not found in the non-empty folder", str(out))
 
 
 def test_resume_with_other_eps_rejected(shared_pool, cifar_dir, suite_file, tmp_path) -> None:
