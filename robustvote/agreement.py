@@ -46,8 +46,8 @@ logger = logging.getLogger(__name__)
 class AgreementRow:
     """Agreement of one member with the reference; fractions in [0, 1] (see the module docstring).
 
-    ``fooled_agreement`` and ``transfer_rate`` are NaN when no example counts for them (the
-    attack fooled the reference nowhere, or the member is wrong on every such clean image).
+    ``fooled_agreement`` and ``transfer_rate`` are NaN when no example counts for them: the
+    attack fooled the reference nowhere, or the member is wrong on every such clean image.
     """
 
     member: str

@@ -89,9 +89,10 @@ def find_summaries(run_dir: str | os.PathLike[str]) -> list[Path]:
     while pending:
         current = pending.pop()
         # Symbolic links are followed, and the resolved set stops a link cycle.
-        if current.resolve() in visited:
+        resolved = current.resolve()
+        if resolved in visited:
             continue
-        visited.add(current.resolve())
+        visited.add(resolved)
         if (current / SUMMARY_FILE).exists():
             found.append(current)
             continue

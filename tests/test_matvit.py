@@ -214,8 +214,8 @@ def test_extract_cli_keeps_existing_output(small_model, tmp_path):
     args = ["extract", "--checkpoint", str(nested_path), "--granularity", "S", "--out", str(out)]
     assert CliRunner().invoke(main, args).exit_code == 0
     before = out.read_bytes()
-    refused = CliRunner().invoke(main, [*args[:4], "M", *args[5:]])
-    assert_one_line_error(refused, "already exists", "--force")
+    rejected = CliRunner().invoke(main, [*args[:4], "M", *args[5:]])
+    assert_one_line_error(rejected, "already exists", "--force")
     assert out.read_bytes() == before
     assert CliRunner().invoke(main, [*args[:4], "M", *args[5:], "--force"]).exit_code == 0
     assert load_matvit(out).config.granularity == ("M",) * SMALL.depth

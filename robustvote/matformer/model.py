@@ -5,10 +5,9 @@ channel and turned into one token per ``patch``×``patch`` patch, either by one 
 convolution (``stem="patch"``, the original ViT) or by a small convolutional stem of stride-2
 3×3 convolutions, each followed by BatchNorm and ReLU, and a final 1×1 projection
 (``stem="conv"``, after Xiao et al., "Early Convolutions Help Transformers See Better",
-NeurIPS 2021), which trains much faster on small data. A class token and learned position
-embeddings are added. Each of the ``depth`` blocks applies multi-head
-self-attention and a GELU FFN, each behind a LayerNorm and a residual connection. A linear
-head reads the final class token.
+NeurIPS 2021). A class token and learned position embeddings are added. Each of the
+``depth`` blocks applies multi-head self-attention and a GELU FFN, each behind a LayerNorm
+and a residual connection. A linear head reads the final class token.
 
 Nesting follows MatFormer (Devvrit et al., "MatFormer: Nested Transformer for Elastic
 Inference", 2023): a submodel keeps the first ``m`` hidden units of each FFN, so the first
