@@ -14,6 +14,8 @@ from cli_checks import assert_one_line_error
 from robustvote.agreement import agreement_rows, measure_agreement
 from robustvote.attacks import suite_from_names
 from robustvote.cli import main
+from robustvote.errors import ConfigError
+from robustvote.io import check_writable
 from robustvote.threat import Norm, ThreatModel
 from robustvote.zoo import load_members, load_pool_file
 
@@ -123,3 +125,42 @@ def test_unwritable_csv_fails_early(cifar_dir, tmp_path):
         assert_one_line_error(result, "--csv", "is a file, not a folder")
     result = run_cli("eval", "--pool", str(MATVIT_POOL), "--data-dir", str(cifar_dir), "--csv", str(tmp_path))
     assert_one_line_error(result, "is a directory")
+
+
+class _FlippingMember(torch.nn.Module):
+    """Predicts class 0 until it has been called ``flip_after`` times, then class 1."""
+
+    def __init__(self, flip_after: int | None = None) -> None:
+        super().__init__()
+        self.flip_after = flip_after
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        flipped = self.flip_after is not None and self.calls > self.flip_after
+        logits = torch.zeros(x.shape[0], 10)
+        logits[:, 1 if flipped else 0] = 1.0
+        return logits + 0 * x.flatten(1).sum(1, keepdim=True)
+
+
+def test_reference_keeps_runner_judgement():
+    images, labels = torch.rand(4, 3, 4, 4), torch.zeros(4, dtype=torch.long)
+    suite = suite_from_names(["pgd"], {"pgd": {"steps": 1}})
+    counter = _FlippingMember()
+    measure_agreement([counter], ["ref"], "ref", images, labels, suite, THREAT)
+    # Flip only on the last call, the second classification of the attacked images.
+    member = _FlippingMember(flip_after=counter.calls - 1)
+    rows, result = measure_agreement([member], ["ref"], "ref", images, labels, suite, THREAT)
+    assert result.robust_accuracy == 1.0
+    assert rows[0].transfer_accuracy == 1.0
+    assert any(flag.startswith("recheck-mismatch: 4 of 4") for flag in result.flags)
+
+
+def test_unwritable_folder_fails_early(tmp_path, monkeypatch):
+    # Root ignores permission bits, so a folder that rejects new files is simulated here.
+    def reject(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("robustvote.io.tempfile.TemporaryFile", reject)
+    with pytest.raises(ConfigError, match="cannot write in .*Permission denied.*choose a writable location"):
+        check_writable(tmp_path / "out.csv", "--csv")
